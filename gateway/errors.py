@@ -1,0 +1,254 @@
+"""Every failure the gateway reports, with its HTTP status and its SSE error code.
+
+    GatewayError                    status  code                    retryable
+     ├── InvalidJSON                 400    invalid_json
+     ├── NotFound                    404    not_found
+     ├── MethodNotAllowed            405    method_not_allowed
+     ├── BodyTooLarge                413    body_too_large
+     ├── UnsupportedMediaType        415    unsupported_media_type
+     ├── InvalidRequest              422    invalid_request
+     ├── OverCapacity                503    over_capacity            yes
+     ├── ResumeUnavailable           409    resume_unavailable
+     ├── Cancelled                   409    cancelled
+     ├── Shutdown                    503    shutdown                 yes
+     ├── Internal                    500    internal
+     └── UpstreamError (the upstream failed; never the caller's fault, so never 4xx but 429)
+          ├── UpstreamUnavailable    502    upstream_unavailable     yes
+          ├── UpstreamTimeout        504    upstream_timeout         yes
+          ├── UpstreamRateLimited    429    upstream_rate_limited    yes
+          ├── UpstreamFailed         502    upstream_error           yes
+          ├── UpstreamIncomplete     502    upstream_incomplete      yes
+          ├── UpstreamAuth           502    upstream_auth
+          └── UpstreamBadRequest     502    upstream_bad_request
+
+Before a response starts an error is sent as its status with
+`{"error": {"code", "message"}}`; after, as an SSE `error` event whose data is
+`{"code", "message", "retryable"}` (plus `retry_after` when known).
+`from_upstream` is the one place that translates `openai` exceptions.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from typing import Any, ClassVar
+
+import openai
+from starlette.responses import JSONResponse
+
+__all__ = [
+    "BodyTooLarge",
+    "Cancelled",
+    "GatewayError",
+    "Internal",
+    "InvalidJSON",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "OverCapacity",
+    "ResumeUnavailable",
+    "Shutdown",
+    "UnsupportedMediaType",
+    "UpstreamAuth",
+    "UpstreamBadRequest",
+    "UpstreamError",
+    "UpstreamFailed",
+    "UpstreamIncomplete",
+    "UpstreamRateLimited",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "error_response",
+    "from_event_data",
+    "from_upstream",
+]
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    retryable: ClassVar[bool] = False
+    default_message: ClassVar[str] = "Internal error."
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+        self.message = message or self.default_message
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of an error answered before a stream starts."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            error["retry_after"] = self.retry_after
+        return {"error": error}
+
+    def event_data(self) -> str:
+        """The data of the SSE `error` event that ends a stream."""
+        data: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+        if self.retry_after is not None:
+            data["retry_after"] = self.retry_after
+        return json.dumps(data)
+
+
+class InvalidJSON(GatewayError):
+    status, code, default_message = 400, "invalid_json", "The body is not valid JSON."
+
+
+class NotFound(GatewayError):
+    status, code, default_message = 404, "not_found", "Not found."
+
+
+class MethodNotAllowed(GatewayError):
+    status, code, default_message = 405, "method_not_allowed", "Method not allowed."
+
+
+class BodyTooLarge(GatewayError):
+    status, code, default_message = 413, "body_too_large", "The body is too large."
+
+
+class UnsupportedMediaType(GatewayError):
+    status, code = 415, "unsupported_media_type"
+    default_message = "The body must be application/json."
+
+
+class InvalidRequest(GatewayError):
+    status, code, default_message = 422, "invalid_request", "The request is invalid."
+
+
+class OverCapacity(GatewayError):
+    status, code, retryable = 503, "over_capacity", True
+    default_message = "Too many streams at once; try again shortly."
+
+
+class ResumeUnavailable(GatewayError):
+    status, code = 409, "resume_unavailable"
+    default_message = "The stream cannot be resumed from that event id."
+
+
+class Cancelled(GatewayError):
+    status, code, default_message = 409, "cancelled", "The stream was cancelled."
+
+
+class Shutdown(GatewayError):
+    status, code, retryable = 503, "shutdown", True
+    default_message = "The gateway is shutting down."
+
+
+class Internal(GatewayError):
+    pass
+
+
+class UpstreamError(GatewayError):
+    status, code, retryable = 502, "upstream_error", True
+    default_message = "The upstream failed."
+
+
+class UpstreamUnavailable(UpstreamError):
+    code, default_message = "upstream_unavailable", "Cannot connect to the upstream."
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code, default_message = 504, "upstream_timeout", "The upstream timed out."
+
+
+class UpstreamRateLimited(UpstreamError):
+    status, code = 429, "upstream_rate_limited"
+    default_message = "The upstream is rate limiting requests."
+
+
+class UpstreamFailed(UpstreamError):
+    pass
+
+
+class UpstreamIncomplete(UpstreamError):
+    code = "upstream_incomplete"
+    default_message = "The upstream ended the answer before it was complete."
+
+
+class UpstreamAuth(UpstreamError):
+    code, retryable = "upstream_auth", False
+    default_message = "The gateway's credentials were refused by the upstream."
+
+
+class UpstreamBadRequest(UpstreamError):
+    code, retryable = "upstream_bad_request", False
+    default_message = "The upstream rejected the request."
+
+
+def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
+    """Translate an `openai` (or decoding) exception; `streaming` means the response had begun.
+
+    The upstream's own message is not passed on: it may quote credentials.
+    """
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeout()
+    if isinstance(exc, openai.APIConnectionError):
+        if streaming:
+            return UpstreamFailed("The upstream connection was lost mid-stream.")
+        return UpstreamUnavailable()
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = f"The upstream answered HTTP {status}."
+        if status == 429:
+            return UpstreamRateLimited(detail, retry_after=_retry_after(exc.response.headers))
+        if status in (401, 403):
+            return UpstreamAuth(detail)
+        if 400 <= status < 500:
+            return UpstreamBadRequest(detail)
+        return UpstreamFailed(detail)
+    if isinstance(exc, openai.APIError):
+        return UpstreamFailed("The upstream reported an error mid-stream.")
+    if isinstance(exc, ValueError):
+        return UpstreamFailed("The upstream sent a malformed chunk.")
+    return UpstreamFailed()
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    """The answer to an error raised before a response started."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+def from_event_data(data: str) -> GatewayError:
+    """Rebuild the error a stored `error` event describes (to answer it as HTTP)."""
+    fields = json.loads(data)
+    error_class = _BY_CODE.get(fields.get("code"), Internal)
+    return error_class(fields.get("message"), retry_after=fields.get("retry_after"))
+
+
+def _subclasses(cls: type[GatewayError]) -> list[type[GatewayError]]:
+    return [cls, *(sub for child in cls.__subclasses__() for sub in _subclasses(child))]
+
+
+_BY_CODE: dict[str, type[GatewayError]] = {
+    cls.code: cls for cls in reversed(_subclasses(GatewayError))
+}

@@ -1,0 +1,155 @@
+"""The in-memory `StreamStore`: one process, no dependencies, the default."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import anyio
+
+from gateway.config import StreamSettings
+from gateway.errors import NotFound, ResumeUnavailable
+from gateway.store import StoredEvent, StreamInfo
+
+__all__ = ["MemoryStore"]
+
+
+class _Stream:
+    """One stream's events and the signals its readers and generation wait on.
+
+    Signals are one-shot `anyio.Event`s replaced after each firing, so a waiter
+    always waits for the next change.
+    """
+
+    __slots__ = (
+        "cancelled",
+        "changed",
+        "events",
+        "expiry",
+        "next_id",
+        "readers",
+        "readers_changed",
+    )
+
+    def __init__(self, max_events: int) -> None:
+        self.events: deque[StoredEvent] = deque(maxlen=max_events)
+        self.next_id = 1
+        self.changed = anyio.Event()
+        self.cancelled = anyio.Event()
+        self.readers = 0
+        self.readers_changed = anyio.Event()
+        self.expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.expiry is not None
+
+    @property
+    def first_id(self) -> int:
+        return self.events[0].id if self.events else self.next_id
+
+    def since(self, after: int) -> list[StoredEvent]:
+        start = after + 1 - self.first_id
+        if start < 0:
+            raise ResumeUnavailable("Events after that id are no longer kept.")
+        events = self.events
+        return [events[i] for i in range(start, len(events))]
+
+    def reader_count_changed(self, delta: int) -> None:
+        self.readers += delta
+        self.readers_changed.set()
+        self.readers_changed = anyio.Event()
+
+
+class MemoryStore:
+    def __init__(self, settings: StreamSettings) -> None:
+        self._max_events = settings.max_events
+        self._retention = settings.retention
+        self._streams: dict[str, _Stream] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        for stream in self._streams.values():
+            if stream.expiry is not None:
+                stream.expiry.cancel()
+        self._streams.clear()
+
+    async def ready(self) -> bool:
+        return True
+
+    async def create(self, stream_id: str) -> None:
+        self._streams[stream_id] = _Stream(self._max_events)
+
+    async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
+        stream = self._get(stream_id)
+        if stream.finished:
+            raise RuntimeError(f"stream {stream_id} already finished")
+        stored = StoredEvent(stream.next_id, event, data)
+        stream.next_id += 1
+        stream.events.append(stored)
+        if stored.terminal:
+            loop = asyncio.get_running_loop()
+            stream.expiry = loop.call_later(self._retention, self._streams.pop, stream_id, None)
+        stream.changed.set()
+        stream.changed = anyio.Event()
+        return stored
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return None
+        return StreamInfo(stream.first_id, stream.next_id - 1, stream.finished)
+
+    async def read(self, stream_id: str, after: int, timeout: float) -> Sequence[StoredEvent]:
+        stream = self._get(stream_id)
+        batch = stream.since(after)
+        if batch or stream.finished:
+            return batch
+        changed = stream.changed
+        with anyio.move_on_after(timeout):
+            await changed.wait()
+        return stream.since(after)
+
+    @asynccontextmanager
+    async def attach(self, stream_id: str) -> AsyncIterator[None]:
+        stream = self._get(stream_id)
+        stream.reader_count_changed(+1)
+        try:
+            yield
+        finally:
+            stream.reader_count_changed(-1)
+
+    async def cancel(self, stream_id: str) -> bool:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return False
+        stream.cancelled.set()
+        return True
+
+    async def wait_cancelled(self, stream_id: str) -> None:
+        await self._get(stream_id).cancelled.wait()
+
+    async def wait_abandoned(self, stream_id: str, grace: float) -> None:
+        stream = self._get(stream_id)
+        while True:
+            changed = stream.readers_changed
+            if stream.readers:
+                await changed.wait()
+                continue
+            with anyio.move_on_after(grace) as scope:
+                await changed.wait()
+            if scope.cancelled_caught:
+                return
+
+    def _get(self, stream_id: str) -> _Stream:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise NotFound("No such stream.") from None

@@ -1,0 +1,127 @@
+"""Responses that read a stream from the store and write it to one client.
+
+`StreamResponse` is attached as a reader for its whole life (that is what
+keeps the disconnect grace from firing) and writes either SSE frames or, for
+the seed's `/api/stream` contract, the raw token text. sse-starlette does the
+ASGI work: it notices the client leaving, drops a client that does not take a
+write within `sse.send_timeout`, and lets streams drain on server shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Literal
+
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
+
+from gateway.config import Settings
+from gateway.errors import GatewayError, error_response, from_event_data
+from gateway.events import HEARTBEAT, frame, retry
+from gateway.store import StoredEvent, StreamStore
+
+__all__ = ["StreamResponse", "sse_error_response"]
+
+logger = logging.getLogger("gateway.responses")
+
+Format = Literal["sse", "text"]
+
+
+class _Aborted(Exception):
+    """A text stream failed after its first byte: the response must not look complete."""
+
+
+class StreamResponse:
+    def __init__(
+        self,
+        store: StreamStore,
+        stream_id: str,
+        settings: Settings,
+        *,
+        after: int = 0,
+        format: Format = "sse",
+        hold: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """`hold` waits (up to one heartbeat) for the first event before answering,
+        so a stream that fails at once is answered with its HTTP status instead."""
+        self._store = store
+        self._stream_id = stream_id
+        self._settings = settings
+        self._after = after
+        self._format = format
+        self._hold = hold
+        self._headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sse = self._settings.sse
+        try:
+            async with self._store.attach(self._stream_id):
+                first: Sequence[StoredEvent] = ()
+                if self._hold:
+                    first = await self._store.read(self._stream_id, self._after, sse.heartbeat)
+                    if first and first[0].event == "error":
+                        await error_response(from_event_data(first[0].data))(scope, receive, send)
+                        return
+                response = EventSourceResponse(
+                    self._body(first),
+                    headers=self._headers,
+                    media_type="text/event-stream" if self._format == "sse" else "text/plain",
+                    ping=0,
+                    sep="\n",
+                    send_timeout=sse.send_timeout,
+                    shutdown_grace_period=self._settings.server.drain_timeout,
+                )
+                await response(scope, receive, send)
+        except (_Aborted, SendTimeoutError) as exc:
+            # Leaving the response incomplete makes the server close the
+            # connection, which is how a reader learns the body is not whole.
+            reason = "client too slow" if isinstance(exc, SendTimeoutError) else exc
+            logger.warning("stream %s: connection dropped: %s", self._stream_id, reason)
+
+    async def _body(self, batch: Sequence[StoredEvent]) -> AsyncIterator[bytes]:
+        sse = self._format == "sse"
+        if sse:
+            yield retry(self._settings.sse.retry_ms)
+        cursor = self._after
+        try:
+            while True:
+                if batch:
+                    chunk = _frames(batch) if sse else _text(batch)
+                    if chunk:
+                        yield chunk
+                    if batch[-1].terminal:
+                        if not sse and batch[-1].event == "error":
+                            raise _Aborted(from_event_data(batch[-1].data).code)
+                        return
+                    cursor = batch[-1].id
+                batch = await self._store.read(
+                    self._stream_id, cursor, self._settings.sse.heartbeat
+                )
+                if not batch and sse:
+                    yield HEARTBEAT
+        except GatewayError as exc:
+            if not sse:
+                raise _Aborted(exc.code) from exc
+            yield frame("error", exc.event_data())
+
+
+def _frames(batch: Sequence[StoredEvent]) -> bytes:
+    return b"".join(event.frame for event in batch)
+
+
+def _text(batch: Sequence[StoredEvent]) -> bytes:
+    return "".join(json.loads(e.data)["text"] for e in batch if e.event == "token").encode()
+
+
+def sse_error_response(exc: GatewayError, settings: Settings) -> EventSourceResponse:
+    """A stream that only says why it cannot be served (e.g. an unusable `Last-Event-ID`)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield retry(settings.sse.retry_ms)
+        yield frame("error", exc.event_data())
+
+    return EventSourceResponse(body(), ping=0, sep="\n", send_timeout=settings.sse.send_timeout)

@@ -1,0 +1,114 @@
+"""HTTP endpoints: the stream protocol, the seed's `/api/stream`, health checks.
+
+The protocol is written down in docs/protocol.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.config import Settings
+from gateway.errors import NotFound, ResumeUnavailable
+from gateway.events import parse_last_event_id
+from gateway.payloads import ChatRequest, LegacyRequest, read_payload
+from gateway.relay import Relay
+from gateway.responses import StreamResponse, sse_error_response
+from gateway.store import StreamStore
+
+__all__ = ["Gateway", "routes"]
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """What the handlers share; built by the app's lifespan."""
+
+    settings: Settings
+    store: StreamStore
+    relay: Relay
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.state.gateway
+    return gateway
+
+
+async def create_stream(request: Request) -> Response:
+    gateway = _gateway(request)
+    chat = await read_payload(request, ChatRequest, gateway.settings.limits)
+    stream_id = await gateway.relay.start(chat)
+    events_url = f"/v1/streams/{stream_id}/events"
+    return JSONResponse(
+        {"id": stream_id, "events_url": events_url},
+        status_code=201,
+        headers={"Location": events_url},
+    )
+
+
+async def stream_events(request: Request) -> Response | StreamResponse:
+    gateway = _gateway(request)
+    stream_id = request.path_params["stream_id"]
+    info = await gateway.store.info(stream_id)
+    if info is None:
+        raise NotFound("No such stream.")
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    try:
+        after = parse_last_event_id(raw) or 0
+    except ValueError:
+        return sse_error_response(ResumeUnavailable("Malformed Last-Event-ID."), gateway.settings)
+    if info.finished and after >= info.last_id:
+        return Response(status_code=204)
+    if after > info.last_id:
+        problem = ResumeUnavailable("That event id is beyond the end of the stream.")
+        return sse_error_response(problem, gateway.settings)
+    if after < info.first_id - 1:
+        problem = ResumeUnavailable("Events after that id are no longer kept.")
+        return sse_error_response(problem, gateway.settings)
+    return StreamResponse(gateway.store, stream_id, gateway.settings, after=after)
+
+
+async def delete_stream(request: Request) -> Response:
+    if not await _gateway(request).store.cancel(request.path_params["stream_id"]):
+        raise NotFound("No such stream.")
+    return Response(status_code=204)
+
+
+async def api_stream(request: Request) -> StreamResponse:
+    """The seed's contract: raw text, or SSE when the client accepts it."""
+    gateway = _gateway(request)
+    payload = await read_payload(request, LegacyRequest, gateway.settings.limits)
+    stream_id = await gateway.relay.start(payload.to_chat())
+    wants_sse = "text/event-stream" in request.headers.get("accept", "")
+    return StreamResponse(
+        gateway.store,
+        stream_id,
+        gateway.settings,
+        format="sse" if wants_sse else "text",
+        hold=True,
+        headers={"X-Stream-ID": stream_id},
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    if await _gateway(request).store.ready():
+        return JSONResponse({"status": "ready"})
+    body = {"error": {"code": "not_ready", "message": "The stream store is unavailable."}}
+    return JSONResponse(body, status_code=503)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/streams", create_stream, methods=["POST"]),
+        Route("/v1/streams/{stream_id}/events", stream_events, methods=["GET"]),
+        Route("/v1/streams/{stream_id}", delete_stream, methods=["DELETE"]),
+        Route("/api/stream", api_stream, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]

@@ -1,0 +1,345 @@
+"""A built-in OpenAI-compatible upstream, so the gateway works offline.
+
+It speaks the chat completions wire format (`POST /v1/chat/completions`,
+stream and non-stream, and `GET /v1/models`) and answers with deterministic,
+readable text derived from the prompt. It is also the upstream of the tests,
+load tests and benchmarks, so each request can choose how it behaves with a
+directive, either inside the last user message (which works through the
+gateway) or in an `X-Simulator` header; both hold `key=value` pairs:
+
+    [[sim tokens=20 delay_ms=50 fault=drop after=5]]
+
+    tokens=N         answer length in tokens
+    delay_ms=N       pause before each token
+    echo=1           answer with the last user message itself (minus the directive)
+    chunk=N          characters per token when echoing (default 3)
+    size=N           characters per generated token (volume tests)
+    status=N         fail before streaming with HTTP N (400, 401, 429, 500, ...)
+    retry_after=S    the Retry-After of a 429 (default 1)
+    times=N, key=K   fail with `status` only the first N requests that carry key K
+    fault=F          after `after` tokens (default 0): drop (connection cut),
+                     stall (silence until the client leaves), malformed (a
+                     broken JSON chunk), no_finish ([DONE] without a
+                     finish_reason), eof (clean end without either)
+
+Every request is recorded in `Simulator.requests` (newest last) so tests can
+see how it ended: `completed`, `client_gone` (the client closed the
+connection), `fault` or `rejected`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gateway.config import SimulatorSettings
+
+__all__ = ["Scenario", "SimRequest", "Simulator"]
+
+Fault = Literal["drop", "stall", "malformed", "no_finish", "eof"]
+Outcome = Literal["running", "completed", "client_gone", "fault", "rejected"]
+
+_DIRECTIVE = re.compile(r"\[\[sim\b([^\]]*)\]\]")
+_WORDS = (
+    "the river carries light across quiet stones while a small boat waits near "
+    "the bank and every evening the wind brings news from distant hills where "
+    "old trees keep their stories in the bark of patient branches and children "
+    "learn to read the clouds before the rain arrives over open fields"
+).split()
+
+
+class _Rejected(Exception):
+    """A request the simulator answers with an OpenAI-style error."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        kind = {401: "invalid_request_error", 429: "rate_limit_exceeded"}.get(
+            self.status, "invalid_request_error" if self.status < 500 else "server_error"
+        )
+        body = {"error": {"message": self.message, "type": kind, "param": None, "code": None}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+@dataclass
+class Scenario:
+    tokens: int
+    delay: float
+    echo: bool = False
+    chunk: int = 3
+    size: int | None = None
+    status: int | None = None
+    retry_after: float = 1.0
+    times: int | None = None
+    key: str | None = None
+    fault: Fault | None = None
+    after: int = 0
+
+    @classmethod
+    def parse(cls, text: str, defaults: SimulatorSettings) -> Scenario:
+        scenario = cls(tokens=defaults.tokens, delay=defaults.token_delay)
+        for pair in text.split():
+            name, _, value = pair.partition("=")
+            try:
+                scenario._set(name, value)
+            except (ValueError, KeyError):
+                raise _Rejected(400, f"bad simulator directive: {pair!r}") from None
+        return scenario
+
+    def _set(self, name: str, value: str) -> None:
+        if name == "delay_ms":
+            self.delay = float(value) / 1000
+        elif name == "echo":
+            self.echo = value not in ("0", "false")
+        elif name == "fault":
+            if value not in ("drop", "stall", "malformed", "no_finish", "eof"):
+                raise ValueError(value)
+            self.fault = value  # type: ignore[assignment]
+        elif name == "key":
+            self.key = value
+        elif name == "retry_after":
+            self.retry_after = float(value)
+        elif name in ("tokens", "chunk", "size", "status", "times", "after"):
+            number = int(value)
+            if number < 0 or (name == "chunk" and number == 0):
+                raise ValueError(value)
+            setattr(self, name, number)
+        else:
+            raise KeyError(name)
+
+
+@dataclass
+class SimRequest:
+    prompt: str
+    scenario: Scenario
+    stream: bool
+    tokens_sent: int = 0
+    outcome: Outcome = "running"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Simulator:
+    """The simulator's state and its Starlette app (`Simulator.app`)."""
+
+    def __init__(self, settings: SimulatorSettings | None = None) -> None:
+        self.settings = settings or SimulatorSettings()
+        self.requests: deque[SimRequest] = deque(maxlen=10_000)
+        self._failures: Counter[str] = Counter()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._completions, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    def find(self, text: str) -> list[SimRequest]:
+        """The recorded requests whose prompt contains `text`."""
+        return [r for r in self.requests if text in r.prompt]
+
+    async def _models(self, request: Request) -> Response:
+        model = {"id": "sim-1", "object": "model", "created": 0, "owned_by": "sse-gateway"}
+        return JSONResponse({"object": "list", "data": [model]})
+
+    async def _completions(self, request: Request) -> Response | _StreamingAnswer:
+        try:
+            body = await request.json()
+            record = self._record(body, request.headers.get("x-simulator", ""))
+            record.headers = dict(request.headers)
+            self._maybe_fail(record)
+        except _Rejected as exc:
+            return exc.response()
+        except ValueError:
+            return _Rejected(400, "the body is not valid JSON").response()
+        text = _answer(record.prompt, record.scenario)
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        tokens = text if limit is None else text[: int(limit)]
+        finish = "length" if len(tokens) < len(text) else "stop"
+        model = str(body["model"])
+        if not record.stream:
+            record.tokens_sent, record.outcome = len(tokens), "completed"
+            return JSONResponse(_completion(model, "".join(tokens), finish, record))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return _StreamingAnswer(record, model, tokens, finish, include_usage)
+
+    def _record(self, body: Any, header: str) -> SimRequest:
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            raise _Rejected(400, "'messages' must be a list")
+        if not isinstance(body.get("model"), str):
+            raise _Rejected(400, "'model' is required")
+        user = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+        content = user[-1].get("content") if user else ""
+        prompt = content if isinstance(content, str) else ""
+        directive = _DIRECTIVE.search(prompt)
+        spec = header + " " + (directive.group(1) if directive else "")
+        scenario = Scenario.parse(spec, self.settings)
+        if directive:
+            prompt = prompt[: directive.start()] + prompt[directive.end() :]
+        record = SimRequest(prompt, scenario, stream=bool(body.get("stream")))
+        self.requests.append(record)
+        return record
+
+    def _maybe_fail(self, record: SimRequest) -> None:
+        scenario = record.scenario
+        if scenario.status is None:
+            return
+        if scenario.times is not None:
+            key = scenario.key or ""
+            if self._failures[key] >= scenario.times:
+                return
+            self._failures[key] += 1
+        headers = {"Retry-After": f"{scenario.retry_after:g}"} if scenario.status == 429 else {}
+        record.outcome = "rejected"
+        raise _Rejected(scenario.status, f"simulated HTTP {scenario.status}", headers)
+
+
+def _answer(prompt: str, scenario: Scenario) -> list[str]:
+    """The answer as a list of token texts."""
+    if scenario.echo:
+        step = scenario.chunk
+        return [prompt[i : i + step] for i in range(0, len(prompt), step)]
+    rng = random.Random(hashlib.sha256(prompt.encode()).digest())
+    tokens: list[str] = []
+    sentence = 0
+    for index in range(scenario.tokens):
+        word = rng.choice(_WORDS)
+        if scenario.size:
+            word = (word + " ") * (scenario.size // (len(word) + 1) + 1)
+            word = word[: scenario.size - 1]
+        if sentence == 0:
+            word = word.capitalize()
+        sentence += 1
+        if (sentence >= 6 and rng.random() < 0.25) or index == scenario.tokens - 1:
+            word += "."
+            sentence = 0
+        tokens.append(word if index == 0 else " " + word)
+    return tokens
+
+
+def _usage(record: SimRequest) -> dict[str, int]:
+    prompt_tokens = len(record.prompt.split())
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": record.tokens_sent,
+        "total_tokens": prompt_tokens + record.tokens_sent,
+    }
+
+
+def _completion(model: str, content: str, finish: str, record: SimRequest) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": _usage(record),
+    }
+
+
+class _StreamingAnswer:
+    """The streamed answer, written as raw ASGI so faults can cut the connection."""
+
+    def __init__(
+        self, record: SimRequest, model: str, tokens: list[str], finish: str, include_usage: bool
+    ) -> None:
+        self.record = record
+        self.tokens = tokens
+        self.finish = finish
+        self.include_usage = include_usage
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_sim",
+        }
+        self._head = json.dumps(head)[:-1] + ', "choices": ['
+        self._tail = "]" + (', "usage": null}' if include_usage else "}")
+
+    def _chunk(self, delta: str, finish: str | None = None) -> bytes:
+        choice = (
+            f'{{"index": 0, "delta": {delta}, "logprobs": null, '
+            f'"finish_reason": {json.dumps(finish)}}}'
+        )
+        return f"data: {self._head}{choice}{self._tail}\n\n".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
+        async with anyio.create_task_group() as race:
+
+            async def watch_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                self.record.outcome = "client_gone"
+                race.cancel_scope.cancel()
+
+            race.start_soon(watch_disconnect)
+            complete = False
+            complete = await self._write(send)
+            race.cancel_scope.cancel()
+        if complete:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # Otherwise return without finishing: the server cuts the connection.
+
+    async def _write(self, send: Send) -> bool:
+        """Send the answer; returns whether the response may end normally."""
+        record, scenario = self.record, self.record.scenario
+
+        async def body(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        await body(self._chunk('{"role": "assistant", "content": "", "refusal": null}'))
+        for index, token in enumerate(self.tokens):
+            if scenario.fault and index == scenario.after:
+                break
+            if scenario.delay:
+                await anyio.sleep(scenario.delay)
+            await body(self._chunk(json.dumps({"content": token})))
+            record.tokens_sent += 1
+        else:
+            if scenario.fault is None:
+                await body(self._chunk("{}", self.finish))
+                if self.include_usage:
+                    usage = {"usage": _usage(record)}
+                    await body(f"data: {self._head}], {json.dumps(usage)[1:]}\n\n".encode())
+                await body(b"data: [DONE]\n\n")
+                record.outcome = "completed"
+                return True
+        record.outcome = "fault"
+        if scenario.fault == "stall":
+            await anyio.sleep_forever()
+        if scenario.fault == "malformed":
+            await body(b'data: {"choices": [{"index": 0, "delta": {"content": "\n\n')
+        if scenario.fault == "no_finish":
+            await body(b"data: [DONE]\n\n")
+        return scenario.fault != "drop"

@@ -1,0 +1,105 @@
+"""The stream store: where a generation's events live while clients read them.
+
+Routes and the relay talk only to `StreamStore`; `streams.store` in the config
+picks the implementation from `STORES` and its module is imported only then
+(the pattern of uvicorn's `HTTP_PROTOCOLS`), so a Redis store can replace the
+in-memory one without touching anything else.
+
+Ids are 1, 2, 3, ... per stream; the terminal event (`done` or `error`) is the
+last one appended. Readers pull batches with `read`, which is the shape of a
+Redis `XREAD BLOCK` as much as of an in-memory wait.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.config import StreamSettings
+from gateway.events import frame
+
+__all__ = ["STORES", "StoredEvent", "StreamInfo", "StreamStore", "create_store"]
+
+TERMINAL_EVENTS = frozenset({"done", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    event: str
+    #: JSON text, one line.
+    data: str
+    #: The SSE frame, encoded once and shared by every reader.
+    frame: bytes = field(repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        if not self.frame:
+            object.__setattr__(self, "frame", frame(self.event, self.data, self.id))
+
+    @property
+    def terminal(self) -> bool:
+        return self.event in TERMINAL_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    #: Oldest id still kept (`last_id + 1` when nothing is kept yet).
+    first_id: int
+    #: Newest id (0 before the first event).
+    last_id: int
+    #: The terminal event has been appended.
+    finished: bool
+
+
+class StreamStore(Protocol):
+    async def open(self) -> None:
+        """Connect; called once by the app's lifespan."""
+
+    async def close(self) -> None:
+        """Release connections and timers."""
+
+    async def ready(self) -> bool:
+        """Whether new streams can be stored right now."""
+
+    async def create(self, stream_id: str) -> None:
+        """Register an empty stream."""
+
+    async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
+        """Add the next event; a terminal one finishes the stream and starts its retention."""
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        """The stream's extent, or `None` when it does not exist (or expired)."""
+
+    async def read(self, stream_id: str, after: int, timeout: float) -> Sequence[StoredEvent]:
+        """Events with ids above `after`, waiting up to `timeout` for the first one.
+
+        Returns an empty batch on timeout. Raises `ResumeUnavailable` when events
+        just after `after` were dropped, `NotFound` when the stream is gone.
+        """
+
+    def attach(self, stream_id: str) -> AbstractAsyncContextManager[None]:
+        """Count a reader for as long as the context is open (see `wait_abandoned`)."""
+
+    async def cancel(self, stream_id: str) -> bool:
+        """Ask the generation to stop; `False` when the stream does not exist."""
+
+    async def wait_cancelled(self, stream_id: str) -> None:
+        """Return once `cancel` was called for the stream."""
+
+    async def wait_abandoned(self, stream_id: str, grace: float) -> None:
+        """Return once no reader has been attached for `grace` seconds."""
+
+
+STORES: dict[str, str] = {
+    "memory": "gateway.memory:MemoryStore",
+}
+
+
+def create_store(settings: StreamSettings) -> StreamStore:
+    module_name, _, class_name = STORES[settings.store].partition(":")
+    store_class = getattr(importlib.import_module(module_name), class_name)
+    store: StreamStore = store_class(settings)
+    return store
