@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per upstream call
     if args.command == "simulate":
         settings = SimulatorSettings(tokens=args.tokens, token_delay=args.delay_ms / 1000)
         uvicorn.run(Simulator(settings).app, host=args.host, port=args.port, log_level="warning")
