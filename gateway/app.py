@@ -42,8 +42,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await store.open()
         try:
             async with anyio.create_task_group() as tasks:
-                relay = Relay(settings, store, upstream, tasks)
-                yield {"gateway": Gateway(settings, store, relay)}
+                gateway = Gateway(settings, store, Relay(settings, store, upstream, tasks))
+                app.state.gateway = gateway  # for operators' tools and tests
+                yield {"gateway": gateway}
                 await relay.drain(settings.server.drain_timeout)
                 tasks.cancel_scope.cancel()
         finally:

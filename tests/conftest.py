@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +21,12 @@ import httpx
 import httpx_sse
 import pytest
 import uvicorn
+from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from gateway import Settings, Simulator, create_app, load_settings
 from gateway.config import SimulatorSettings
+from gateway.routes import Gateway
 
 TIMEOUT = httpx.Timeout(10.0)
 
@@ -100,25 +102,34 @@ def test_settings(simulator: SimServer, **overrides: Any) -> Settings:
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
+@dataclass
+class GatewayServer:
+    url: str
+    app: Starlette
+
+    @property
+    def state(self) -> Gateway:
+        """The running gateway's settings, store and relay."""
+        gateway: Gateway = self.app.state.gateway
+        return gateway
+
+
 @pytest.fixture
-def gateway(simulator: SimServer) -> Iterator[Callable[..., str]]:
+def gateway(simulator: SimServer) -> Iterator[Callable[..., GatewayServer]]:
     """Start gateways with settings overrides, e.g. `gateway(sse={"heartbeat": 0.2})`."""
-    with_stack: list[Any] = []
+    with ExitStack() as stack:
 
-    def start(**overrides: Any) -> str:
-        manager = run_server(create_app(test_settings(simulator, **overrides)))
-        with_stack.append(manager)
-        return manager.__enter__()
+        def start(**overrides: Any) -> GatewayServer:
+            app = create_app(test_settings(simulator, **overrides))
+            return GatewayServer(stack.enter_context(run_server(app)), app)
 
-    yield start
-    for manager in reversed(with_stack):
-        manager.__exit__(None, None, None)
+        yield start
 
 
 @pytest.fixture
-def url(gateway: Callable[..., str]) -> str:
+def url(gateway: Callable[..., GatewayServer]) -> str:
     """A gateway with the default test settings."""
-    return gateway()
+    return gateway().url
 
 
 @pytest.fixture
