@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 gateway = Gateway(settings, store, Relay(settings, store, upstream, tasks))
                 app.state.gateway = gateway  # for operators' tools and tests
                 yield {"gateway": gateway}
-                await relay.drain(settings.server.drain_timeout)
+                await gateway.relay.drain(settings.server.drain_timeout)
                 tasks.cancel_scope.cancel()
         finally:
             await upstream.aclose()
