@@ -2,8 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
 
 .PHONY: run simulate test check format clean
 
@@ -20,9 +18,9 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $@ $(VENV)/.run
 
-## Serve the gateway on $(HOST):$(PORT) with the built-in simulator (config.yaml).
+## Serve the gateway as config.yaml says: 127.0.0.1:8000 with the built-in simulator.
 run: $(VENV)/.run
-	$(BIN)/sse-gateway serve --host $(HOST) --port $(PORT)
+	$(BIN)/sse-gateway serve
 
 ## Run the simulator alone on port 8001.
 simulate: $(VENV)/.run

@@ -84,11 +84,11 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def test_settings(simulator: SimServer, **overrides: Any) -> Settings:
+def test_settings(sim_server: SimServer, /, **overrides: Any) -> Settings:
     """Settings for a gateway in front of the shared simulator, tightened for tests."""
     base: dict[str, Any] = {
         "upstream": {
-            "base_url": simulator.base_url,
+            "base_url": sim_server.base_url,
             "max_retry_wait": 2,
             "timeouts": {"connect": 2, "first_token": 5, "idle": 5, "total": 30},
         },

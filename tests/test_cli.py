@@ -1,0 +1,98 @@
+"""The commands a user runs: `sse-gateway serve` / `simulate` as real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+
+from gateway import create_app
+from tests.conftest import create, read_events, run_server, test_settings, text_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def process(*args: str) -> Iterator[str]:
+    """Run `python -m gateway ARGS` from the repository root; yields its URL once it answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    command = [sys.executable, "-m", "gateway", *args, "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{url}/v1/models" if "simulate" in args else f"{url}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_serve_with_default_config_streams_from_the_built_in_simulator():
+    """What `make run` does: config.yaml, built-in simulator, tokens then done."""
+    with process("serve") as url, httpx.Client(timeout=10) as client:
+        events = read_events(client, create(client, url, "hello [[sim tokens=4 delay_ms=10]]"))
+        assert [e.event for e in events] == ["token"] * 4 + ["done"]
+        assert len(text_of(events).split()) == 4
+
+
+def test_simulate_serves_the_openai_wire_format():
+    with process("simulate") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=10)
+        with client:
+            chunks = list(
+                client.chat.completions.create(
+                    model="sim-1",
+                    messages=[{"role": "user", "content": "hi [[sim tokens=3 delay_ms=0]]"}],
+                    stream=True,
+                )
+            )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+
+
+def test_built_in_simulator_is_mounted_in_the_gateway(simulator):
+    """`upstream.base_url: null` calls this process's own /simulator over HTTP."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    settings = test_settings(
+        simulator,
+        upstream={"base_url": None},
+        simulator={"enabled": True, "token_delay": 0},
+        server={"port": port},
+    )
+    app = create_app(settings)
+    with run_server(app, sock) as url, httpx.Client(timeout=10) as client:
+        events = read_events(client, create(client, url, "built-in [[sim tokens=3]]"))
+    assert [e.event for e in events] == ["token"] * 3 + ["done"]
+    assert app.state.simulator.find("built-in")[0].outcome == "completed"
+    assert not simulator.sim.find("built-in")
