@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run simulate test check format clean
+.PHONY: run simulate test check format clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,18 @@ run: $(VENV)/.run
 simulate: $(VENV)/.run
 	$(BIN)/sse-gateway simulate --port 8001
 
+# System packages the suite drives for real (Debian): the browser for the web tests.
+SYSTEM_PACKAGES := chromium
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
 ## Install what the suite needs and run it.
-test: $(VENV)/.test
+test: $(VENV)/.test system-deps
 	$(BIN)/pytest
 
 ## Format check, lint and type check.

@@ -6,9 +6,9 @@ closed by the lifespan, which also owns the task group generations run in.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,10 +25,9 @@ from gateway.routes import Gateway, routes
 from gateway.simulator import Simulator
 from gateway.store import create_store
 from gateway.upstream import Upstream
+from gateway.web import DEFAULT_DIRECTORY, WebFiles
 
 __all__ = ["create_app"]
-
-logger = logging.getLogger("gateway")
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -54,6 +53,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app_routes = routes()
     if simulator is not None:
         app_routes.append(Mount("/simulator", app=simulator.app))
+    web = Path(settings.web.directory) if settings.web.directory else DEFAULT_DIRECTORY
+    if settings.web.enabled and web.is_dir():
+        app_routes.append(Mount("/", app=WebFiles(web)))
     app = Starlette(
         routes=app_routes,
         lifespan=lifespan,

@@ -98,6 +98,13 @@ class SimulatorSettings(_Section):
     token_delay: Seconds = Field(default=0.04, ge=0)
 
 
+class WebSettings(_Section):
+    #: Serve the browser frontend at `/`.
+    enabled: bool = True
+    #: Its directory; null means the `web/` folder that ships with the gateway.
+    directory: str | None = None
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
@@ -105,6 +112,7 @@ class Settings(_Section):
     streams: StreamSettings = StreamSettings()
     limits: LimitSettings = LimitSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    web: WebSettings = WebSettings()
 
     @property
     def upstream_base_url(self) -> str:
