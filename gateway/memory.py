@@ -110,7 +110,7 @@ class MemoryStore:
     async def read(self, stream_id: str, after: int, timeout: float) -> Sequence[StoredEvent]:
         stream = self._get(stream_id)
         batch = stream.since(after)
-        if batch or stream.finished:
+        if batch:
             return batch
         changed = stream.changed
         with anyio.move_on_after(timeout):

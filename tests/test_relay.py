@@ -20,7 +20,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.conftest import create, marker, read_events, run_server, text_of, wait_until
+from gateway import create_app
+from tests.conftest import (
+    create,
+    marker,
+    read_events,
+    run_server,
+    test_settings,
+    text_of,
+    wait_until,
+)
 
 API_KEY = "sk-test-secret-key"
 
@@ -62,6 +71,20 @@ def stream(client: httpx.Client, url: str, content: str) -> list[httpx_sse.Serve
     return read_events(client, create(client, url, content))
 
 
+@pytest.fixture(scope="module")
+def url(simulator) -> Iterator[str]:
+    """One gateway with the default test settings (retries: 2), shared by this module."""
+    with run_server(create_app(test_settings(simulator))) as gateway_url:
+        yield gateway_url
+
+
+@pytest.fixture(scope="module")
+def no_retry(simulator) -> Iterator[str]:
+    """One gateway with `upstream.retries: 0`, so each fault reaches the client as is."""
+    with run_server(create_app(test_settings(simulator, upstream={"retries": 0}))) as gateway_url:
+        yield gateway_url
+
+
 @pytest.fixture
 def closed_port() -> Iterator[int]:
     """A loopback port bound but not listening: connecting to it is refused."""
@@ -84,7 +107,7 @@ NASTY = {
     "sse_fields_crlf": "event: error\r\ndata: x\r\n\r\nid: 7\r\nretry: 1\r\n:ping\r\n\r\n",
     "field_at_start": "data: starts the answer",
     "colon_only": ":",
-    "quotes": "\"double\" 'single' `back` \u201ccurly\u201d \\\" \\\\ \\n \\u0041 \\",
+    "quotes": '"double" \'single\' `back` \u201ccurly\u201d \\" \\\\ \\n \\u0041 \\',
     "json_like": '{"text": "nested"}\n[1, 2, {"a": null}]',
     "unicode_separators": "sep\u2028line\u2029para\x85next\u000bvt\u000cff",
     "controls": "\ttab\t\x01\x02\x03\x07\x08\x1b[31mansi\x1b[0m\x1f\x7f\x80\x9f",
@@ -140,8 +163,8 @@ def test_raw_frames_end_lines_with_lf_only_even_for_cr_text(client, url):
     [(500, "upstream_error"), (401, "upstream_auth"), (403, "upstream_auth")]
     + [(400, "upstream_bad_request"), (404, "upstream_bad_request")],
 )
-def test_http_error_before_streaming(client, gateway, simulator, status, code):
-    url = gateway(upstream={"retries": 0}).url
+def test_http_error_before_streaming(client, no_retry, simulator, status, code):
+    url = no_retry
     m = marker()
     events = stream(client, url, f"{m} [[sim status={status}]]")
     assert len(events) == 1
@@ -151,8 +174,8 @@ def test_http_error_before_streaming(client, gateway, simulator, status, code):
     assert [r.outcome for r in simulator.sim.find(m)] == ["rejected"]
 
 
-def test_rate_limit_carries_retry_after(client, gateway, simulator):
-    url = gateway(upstream={"retries": 0}).url
+def test_rate_limit_carries_retry_after(client, no_retry, simulator):
+    url = no_retry
     m = marker()
     events = stream(client, url, f"{m} [[sim status=429 retry_after=7]]")
     kind, error = ended(events)
@@ -162,8 +185,7 @@ def test_rate_limit_carries_retry_after(client, gateway, simulator):
     assert len(simulator.sim.find(m)) == 1
 
 
-def test_non_retryable_errors_are_not_retried(client, gateway, simulator):
-    url = gateway(upstream={"retries": 3}).url
+def test_non_retryable_errors_are_not_retried(client, url, simulator):
     for status, code in [(401, "upstream_auth"), (400, "upstream_bad_request")]:
         m = marker()
         events = stream(client, url, f"{m} [[sim status={status}]]")
@@ -171,8 +193,8 @@ def test_non_retryable_errors_are_not_retried(client, gateway, simulator):
         assert len(simulator.sim.find(m)) == 1, status
 
 
-def test_dropped_connection_after_tokens(client, gateway, simulator):
-    url = gateway(upstream={"retries": 0}).url
+def test_dropped_connection_after_tokens(client, no_retry, simulator):
+    url = no_retry
     m = marker()
     events = stream(client, url, f"[[sim echo=1 chunk=2 fault=drop after=3]]{m} abcdefgh")
     kind, error = ended(events)
@@ -182,8 +204,8 @@ def test_dropped_connection_after_tokens(client, gateway, simulator):
     assert (record.outcome, record.tokens_sent) == ("fault", 3)
 
 
-def test_dropped_connection_before_any_token(client, gateway, simulator):
-    url = gateway(upstream={"retries": 0}).url
+def test_dropped_connection_before_any_token(client, no_retry, simulator):
+    url = no_retry
     m = marker()
     events = stream(client, url, f"{m} [[sim fault=drop]]")
     assert len(events) == 1
@@ -191,8 +213,8 @@ def test_dropped_connection_before_any_token(client, gateway, simulator):
     assert (kind, error["code"]) == ("error", "upstream_error")
 
 
-def test_malformed_chunk(client, gateway, simulator):
-    url = gateway(upstream={"retries": 0}).url
+def test_malformed_chunk(client, no_retry, simulator):
+    url = no_retry
     m = marker()
     events = stream(client, url, f"{m} [[sim fault=malformed after=2]]")
     kind, error = ended(events)
@@ -202,8 +224,8 @@ def test_malformed_chunk(client, gateway, simulator):
 
 @pytest.mark.parametrize("fault", ["no_finish", "eof"])
 @pytest.mark.parametrize("after", [0, 3])
-def test_stream_ending_without_finish_reason_is_incomplete(client, gateway, fault, after):
-    url = gateway(upstream={"retries": 0}).url
+def test_stream_ending_without_finish_reason_is_incomplete(client, no_retry, fault, after):
+    url = no_retry
     events = stream(client, url, f"{marker()} [[sim fault={fault} after={after}]]")
     kind, error = ended(events)
     assert len(events) == after + 1
@@ -272,9 +294,7 @@ def test_total_timeout(client, gateway, simulator):
 
 
 def test_unreachable_upstream(client, gateway, closed_port):
-    url = gateway(
-        upstream={"retries": 0, "base_url": f"http://127.0.0.1:{closed_port}/v1"}
-    ).url
+    url = gateway(upstream={"retries": 0, "base_url": f"http://127.0.0.1:{closed_port}/v1"}).url
     events = stream(client, url, "hello")
     assert len(events) == 1
     kind, error = ended(events)
@@ -284,8 +304,7 @@ def test_unreachable_upstream(client, gateway, closed_port):
 # --- retries --------------------------------------------------------------------------------
 
 
-def test_server_error_is_retried_before_the_first_token(client, gateway, simulator):
-    url = gateway(upstream={"retries": 1}).url
+def test_server_error_is_retried_before_the_first_token(client, url, simulator):
     m = marker()
     events = stream(client, url, f"{m} [[sim tokens=4 status=500 times=1 key={m}]]")
     kind, _ = ended(events)
@@ -294,8 +313,7 @@ def test_server_error_is_retried_before_the_first_token(client, gateway, simulat
     assert [r.outcome for r in simulator.sim.find(m)] == ["rejected", "completed"]
 
 
-def test_rate_limit_retry_honours_retry_after(client, gateway, simulator):
-    url = gateway(upstream={"retries": 2}).url
+def test_rate_limit_retry_honours_retry_after(client, url, simulator):
     m = marker()
     started = time.monotonic()
     events = stream(client, url, f"{m} [[sim tokens=3 status=429 retry_after=0.2 times=2 key={m}]]")
@@ -306,9 +324,8 @@ def test_rate_limit_retry_honours_retry_after(client, gateway, simulator):
     assert 0.4 <= elapsed < 2.5
 
 
-def test_retries_are_counted(client, gateway, simulator):
+def test_retries_are_counted(client, url, simulator):
     """`retries` attempts after the first, no more: 3 failures beat retries=2."""
-    url = gateway(upstream={"retries": 2}).url
     m = marker()
     events = stream(client, url, f"{m} [[sim status=429 retry_after=0.05 times=3 key={m}]]")
     kind, error = ended(events)
@@ -317,8 +334,8 @@ def test_retries_are_counted(client, gateway, simulator):
     assert [r.outcome for r in simulator.sim.find(m)] == ["rejected"] * 3
 
 
-def test_no_retry_when_retries_is_zero(client, gateway, simulator):
-    url = gateway(upstream={"retries": 0}).url
+def test_no_retry_when_retries_is_zero(client, no_retry, simulator):
+    url = no_retry
     m = marker()
     events = stream(client, url, f"{m} [[sim status=500 times=1 key={m}]]")
     assert len(events) == 1
@@ -326,8 +343,7 @@ def test_no_retry_when_retries_is_zero(client, gateway, simulator):
     assert [r.outcome for r in simulator.sim.find(m)] == ["rejected"]
 
 
-def test_retry_after_beyond_the_cap_is_not_retried(client, gateway, simulator):
-    url = gateway(upstream={"retries": 2, "max_retry_wait": 1}).url
+def test_retry_after_beyond_the_cap_is_not_retried(client, url, simulator):
     m = marker()
     started = time.monotonic()
     events = stream(client, url, f"{m} [[sim status=429 retry_after=5 times=1 key={m}]]")
@@ -339,8 +355,8 @@ def test_retry_after_beyond_the_cap_is_not_retried(client, gateway, simulator):
     assert [r.outcome for r in simulator.sim.find(m)] == ["rejected"]
 
 
-def test_no_retry_after_the_first_token(client, gateway, simulator):
-    url = gateway(upstream={"retries": 3}).url
+def test_no_retry_after_the_first_token(client, url, simulator):
+    url = no_retry
     m = marker()
     events = stream(client, url, f"{m} [[sim tokens=6 fault=drop after=2]]")
     kind, error = ended(events)
@@ -351,9 +367,7 @@ def test_no_retry_after_the_first_token(client, gateway, simulator):
 
 
 def test_unreachable_upstream_is_retried(client, gateway, closed_port):
-    url = gateway(
-        upstream={"retries": 2, "base_url": f"http://127.0.0.1:{closed_port}/v1"}
-    ).url
+    url = gateway(upstream={"retries": 2, "base_url": f"http://127.0.0.1:{closed_port}/v1"}).url
     started = time.monotonic()
     events = stream(client, url, "hello")
     elapsed = time.monotonic() - started
@@ -377,8 +391,8 @@ def test_api_key_reaches_the_upstream_but_no_event(client, url, simulator):
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 429, 500])
-def test_api_key_never_appears_in_errors(client, gateway, status):
-    url = gateway(upstream={"retries": 0}).url
+def test_api_key_never_appears_in_errors(client, no_retry, status):
+    url = no_retry
     events_url = create(client, url, f"[[sim status={status}]] {marker()}")
     with client.stream("GET", events_url) as response:
         raw = response.read()
@@ -439,7 +453,11 @@ def test_max_tokens_gives_finish_reason_length(client, url):
     events = read_events(client, events_url)
     kind, done = ended(events)
     assert len(tokens_of(events)) == 4
-    assert (kind, done["finish_reason"], done["usage"]["completion_tokens"]) == ("done", "length", 4)
+    assert (kind, done["finish_reason"], done["usage"]["completion_tokens"]) == (
+        "done",
+        "length",
+        4,
+    )
 
 
 def test_role_only_and_empty_deltas_make_no_token_events(client, url):
