@@ -143,6 +143,11 @@ def load_settings(
     env = os.environ if environ is None else environ
     chosen = path if path is not None else env.get(CONFIG_ENV)
     data = _read_file(Path(chosen) if chosen else Path(DEFAULT_CONFIG_FILE), required=bool(chosen))
+    for section, value in data.items():
+        if value is None:
+            data[section] = {}  # every key of the section commented out
+        elif not isinstance(value, dict):
+            raise ConfigError(f"{section}: must be a mapping of keys")
     if "api_key" in data.get("upstream", {}):
         raise ConfigError(
             "upstream.api_key: secrets are not read from files; "
@@ -157,7 +162,7 @@ def load_settings(
     _merge(data, overrides or {})
     upstream = data.setdefault("upstream", {})
     if not isinstance(upstream, dict):
-        raise ConfigError("upstream: must be a mapping")
+        raise ConfigError("upstream: must be a mapping of keys")
     key_env = str(upstream.get("api_key_env", UpstreamSettings().api_key_env))
     if upstream.get("api_key") is None and env.get(key_env):
         upstream["api_key"] = env[key_env]
@@ -216,6 +221,9 @@ def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> s
     lines = ["invalid configuration:"]
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"])
-        where = f" (from {sources[loc]})" if loc in sources else ""
+        source = next(
+            (sources[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in sources), None
+        )
+        where = f" (from {source})" if source else ""
         lines.append(f"  {'.'.join(loc)}: {error['msg']}{where}")
     return "\n".join(lines)

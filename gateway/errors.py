@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 from typing import Any, ClassVar
 
@@ -78,7 +79,7 @@ class GatewayError(Exception):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
     def body(self) -> dict[str, Any]:
         """The JSON body of an error answered before a stream starts."""

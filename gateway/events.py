@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HEARTBEAT", "comment", "frame", "parse_last_event_id", "retry"]
+__all__ = ["HEARTBEAT", "frame", "parse_last_event_id", "retry"]
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _MAX_ID_DIGITS = 18
 
-HEARTBEAT = b": ping\n\n"
+#: A comment line without the blank line that would end an event: parsers that
+#: turn every blank line into an event (httpx-sse, the openai SDK) see nothing.
+HEARTBEAT = b": ping\n"
 
 
 def frame(event: str, data: str, id: int | None = None) -> bytes:
@@ -25,11 +27,6 @@ def frame(event: str, data: str, id: int | None = None) -> bytes:
     lines.append(f"event: {event}")
     lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
     return ("\n".join(lines) + "\n\n").encode()
-
-
-def comment(text: str) -> bytes:
-    """A comment line, ignored by parsers; keeps idle connections alive."""
-    return "".join(f": {line}\n" for line in _LINE_BREAK.split(text)).encode() + b"\n"
 
 
 def retry(milliseconds: int) -> bytes:

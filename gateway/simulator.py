@@ -22,7 +22,7 @@ gateway) or in an `X-Simulator` header; both hold `key=value` pairs:
                      broken JSON chunk), no_finish ([DONE] without a
                      finish_reason), eof (clean end without either)
 
-Every request is recorded in `Simulator.requests` (newest last) so tests can
+Every well-formed request is recorded in `Simulator.requests` (newest last) so tests can
 see how it ended: `completed`, `client_gone` (the client closed the
 connection), `fault` or `rejected`.
 """

@@ -172,8 +172,12 @@ def test_retry_after_in_event_data_body_and_headers():
     assert error.headers() == {"Retry-After": "3"}
 
 
-@pytest.mark.parametrize(("seconds", "header"), [(0.0, "1"), (0.2, "1"), (1.0, "1"), (7.0, "7")])
-def test_retry_after_header_is_whole_seconds_at_least_one(seconds, header):
+@pytest.mark.parametrize(
+    ("seconds", "header"),
+    [(0.0, "1"), (0.2, "1"), (1.0, "1"), (1.2, "2"), (2.5, "3"), (7.0, "7")],
+)
+def test_retry_after_header_is_whole_seconds_rounded_up(seconds, header):
+    # Never shorter than the real wait, or clients come back too early.
     assert OverCapacity(retry_after=seconds).headers() == {"Retry-After": header}
 
 

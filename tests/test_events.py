@@ -16,7 +16,7 @@ from httpx_sse._decoders import SSEDecoder as HttpxSSEDecoder
 from httpx_sse._decoders import SSELineDecoder
 from openai._streaming import SSEDecoder as OpenAISSEDecoder
 
-from gateway.events import HEARTBEAT, comment, frame, parse_last_event_id, retry
+from gateway.events import HEARTBEAT, frame, parse_last_event_id, retry
 
 
 def parse_httpx_sse(raw: bytes) -> list[tuple[str, str, str, int | None]]:
@@ -194,32 +194,18 @@ def test_frames_concatenate_into_a_stream():
 # --- comment and heartbeat -------------------------------------------------
 
 
-def test_heartbeat_is_a_ping_comment():
-    assert HEARTBEAT == b": ping\n\n"
-    assert comment("ping") == HEARTBEAT
+def test_heartbeat_is_a_ping_comment_line():
+    assert HEARTBEAT == b": ping\n"
 
 
-@pytest.mark.parametrize(
-    ("text", "raw"),
-    [
-        ("ping", b": ping\n\n"),
-        ("a\nb", b": a\n: b\n\n"),
-        ("a\r\nb\rc", b": a\n: b\n: c\n\n"),
-        ("data: not data", b": data: not data\n\n"),
-        ("", b": \n\n"),
-    ],
-)
-def test_comment_lines_are_ignored_by_parsers(text, raw):
-    assert comment(text) == raw
-    assert b"\r" not in comment(text)
-    assert parse_both(comment(text)) == []
-    assert whatwg_parse(comment(text)) == ([], None)
-    # Around a real event, the comment changes nothing.
-    stream = comment(text) + frame("token", "x", id=1) + comment(text)
-    assert whatwg_parse(stream) == ([("token", "x", "1")], None)
-    # (httpx-sse and the SDK dispatch an empty event for a comment block once
-    # an id was seen, unlike WHATWG; the data-carrying events are the same.)
-    assert [e for e in parse_both(stream) if e[1]] == [("token", "x", "1", None)]
+def test_heartbeats_dispatch_nothing_in_any_parser():
+    # No blank line after the comment: httpx-sse and the SDK turn a blank line
+    # after a comment into an empty event once an id was seen (WHATWG does not).
+    stream = HEARTBEAT + frame("token", "x", id=1) + HEARTBEAT + HEARTBEAT
+    stream += frame("token", "y", id=2) + HEARTBEAT
+    assert parse_both(stream) == [("token", "x", "1", None), ("token", "y", "2", None)]
+    assert whatwg_parse(stream) == ([("token", "x", "1"), ("token", "y", "2")], None)
+    assert b"\r" not in stream
 
 
 def test_whatwg_comment_example_is_ignored():
@@ -282,7 +268,7 @@ def whatwg_parse(raw: bytes) -> tuple[list[tuple[str, str, str]], int | None]:
 
 def test_whatwg_reference_parser_agrees_on_nasty_data():
     data = "x\r\ny\rz\n\n: c\nid: 9"
-    raw = comment("hb") + frame("token", data, id=4) + HEARTBEAT
+    raw = HEARTBEAT + frame("token", data, id=4) + HEARTBEAT
     assert whatwg_parse(raw) == ([("token", "x\ny\nz\n\n: c\nid: 9", "4")], None)
 
 
