@@ -25,7 +25,7 @@ from gateway.routes import Gateway, routes
 from gateway.simulator import Simulator
 from gateway.store import create_store
 from gateway.upstream import Upstream
-from gateway.web import DEFAULT_DIRECTORY, WebFiles
+from gateway.web import DEFAULT_DIRECTORY, WebMount
 
 __all__ = ["create_app"]
 
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app_routes.append(Mount("/simulator", app=simulator.app))
     web = Path(settings.web.directory) if settings.web.directory else DEFAULT_DIRECTORY
     if settings.web.enabled and web.is_dir():
-        app_routes.append(Mount("/", app=WebFiles(web)))
+        app_routes.append(WebMount(web))
     app = Starlette(
         routes=app_routes,
         lifespan=lifespan,

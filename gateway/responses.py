@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Literal
 
+import anyio
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.config import Settings
 from gateway.errors import GatewayError, error_response, from_event_data
@@ -28,6 +29,8 @@ __all__ = ["StreamResponse", "sse_error_response"]
 logger = logging.getLogger("gateway.responses")
 
 Format = Literal["sse", "text"]
+
+_WRITE_SIZE = 64 * 1024
 
 
 class _Aborted(Exception):
@@ -75,7 +78,7 @@ class StreamResponse:
                     send_timeout=sse.send_timeout,
                     shutdown_grace_period=self._settings.server.drain_timeout,
                 )
-                await response(scope, receive, send)
+                await response(scope, receive, _final_send_with_timeout(send, sse.send_timeout))
         except (_Aborted, SendTimeoutError) as exc:
             # Leaving the response incomplete makes the server close the
             # connection, which is how a reader learns the body is not whole.
@@ -90,9 +93,8 @@ class StreamResponse:
         try:
             while True:
                 if batch:
-                    chunk = _frames(batch) if sse else _text(batch)
-                    if chunk:
-                        yield chunk
+                    for piece in _pieces(_frames(batch) if sse else _texts(batch)):
+                        yield piece
                     if batch[-1].terminal:
                         if not sse and batch[-1].event == "error":
                             raise _Aborted(from_event_data(batch[-1].data).code)
@@ -109,12 +111,45 @@ class StreamResponse:
             yield frame("error", exc.event_data())
 
 
-def _frames(batch: Sequence[StoredEvent]) -> bytes:
-    return b"".join(event.frame for event in batch)
+def _frames(batch: Sequence[StoredEvent]) -> Iterator[bytes]:
+    return (event.frame for event in batch)
 
 
-def _text(batch: Sequence[StoredEvent]) -> bytes:
-    return "".join(json.loads(e.data)["text"] for e in batch if e.event == "token").encode()
+def _texts(batch: Sequence[StoredEvent]) -> Iterator[bytes]:
+    return (json.loads(e.data)["text"].encode() for e in batch if e.event == "token")
+
+
+def _pieces(parts: Iterable[bytes]) -> Iterator[bytes]:
+    """Join parts into writes of about `_WRITE_SIZE` bytes.
+
+    One huge write would be buffered by the server whole; bounded writes make a
+    reader that stops reading block, so `send_timeout` can drop it.
+    """
+    piece: list[bytes] = []
+    size = 0
+    for part in parts:
+        piece.append(part)
+        size += len(part)
+        if size >= _WRITE_SIZE:
+            yield b"".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield b"".join(piece)
+
+
+def _final_send_with_timeout(send: Send, timeout: float) -> Send:
+    """sse-starlette times out data writes but not the closing one; time that out too."""
+
+    async def guarded(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            with anyio.move_on_after(timeout) as scope:
+                await send(message)
+            if scope.cancelled_caught:
+                raise SendTimeoutError()
+        else:
+            await send(message)
+
+    return guarded
 
 
 def sse_error_response(exc: GatewayError, settings: Settings) -> EventSourceResponse:

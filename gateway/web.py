@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 from starlette.responses import Response
+from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-__all__ = ["DEFAULT_DIRECTORY", "SECURITY_HEADERS", "WebFiles"]
+__all__ = ["DEFAULT_DIRECTORY", "SECURITY_HEADERS", "WebFiles", "WebMount"]
 
 #: The repository's `web/`, next to the `gateway` package.
 DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "web"
@@ -40,3 +41,22 @@ class WebFiles(StaticFiles):
         response = super().file_response(full_path, stat_result, scope, status_code)
         response.headers.update(SECURITY_HEADERS)
         return response
+
+
+class WebMount(Mount):
+    """Serves `directory` at `/`, matching only `/` and its files (listed once, at start).
+
+    A plain `Mount("/")` matches every path, so a wrong method on an API route
+    would be answered by the static files (404, or 405 with the wrong `Allow`)
+    instead of the router's own 405.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__("/", app=WebFiles(directory))
+        files = (path.relative_to(directory) for path in directory.rglob("*") if path.is_file())
+        self._paths = {"/", *(f"/{path.as_posix()}" for path in files)}
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or scope["path"] not in self._paths:
+            return Match.NONE, {}
+        return super().matches(scope)

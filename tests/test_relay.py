@@ -112,11 +112,11 @@ NASTY = {
     "unicode_separators": "sep\u2028line\u2029para\x85next\u000bvt\u000cff",
     "controls": "\ttab\t\x01\x02\x03\x07\x08\x1b[31mansi\x1b[0m\x1f\x7f\x80\x9f",
     "emoji": "grin 😀 family 👨‍👩‍👧‍👦 thumbs 👍🏽 flag 🇫🇷 coder 👩🏿‍💻 keycap 1️⃣",
-    "cjk": "漢字かなカナ 한국어 中文，标点。",
+    "cjk": "漢字かなカナ 한국어 中文，标点。",  # noqa: RUF001
     "rtl": "עברית العربية \u200f mixed \u202eoverride\u202c \u200d zwj",
     "spaces": "  leading and trailing spaces  ",
     "combining": "e\u0301 a\u030a n\u0303 Z\u0351\u0308\u0353",
-    "astral": "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈 𓀀",
+    "astral": "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈 𓀀",  # noqa: RUF001
 }
 
 EVERYTHING = "".join(NASTY.values())
@@ -160,8 +160,13 @@ def test_raw_frames_end_lines_with_lf_only_even_for_cr_text(client, url):
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(500, "upstream_error"), (401, "upstream_auth"), (403, "upstream_auth")]
-    + [(400, "upstream_bad_request"), (404, "upstream_bad_request")],
+    [
+        (500, "upstream_error"),
+        (401, "upstream_auth"),
+        (403, "upstream_auth"),
+        (400, "upstream_bad_request"),
+        (404, "upstream_bad_request"),
+    ],
 )
 def test_http_error_before_streaming(client, no_retry, simulator, status, code):
     url = no_retry
@@ -263,6 +268,18 @@ def test_first_token_timeout(client, gateway, simulator):
     assert record.tokens_sent == 0
 
 
+def test_stall_before_the_first_token_hits_the_first_token_timeout(client, gateway, simulator):
+    url = gateway(upstream={"retries": 0, "timeouts": {"first_token": 0.3, "idle": 5}}).url
+    m = marker()
+    started = time.monotonic()
+    events = stream(client, url, f"{m} [[sim fault=stall]]")
+    assert time.monotonic() - started < 1.5
+    assert len(events) == 1
+    assert ended(events)[1]["code"] == "upstream_timeout"
+    (record,) = simulator.sim.find(m)
+    wait_until(lambda: record.outcome == "client_gone")
+
+
 def test_first_token_timeout_is_retried_then_reported(client, gateway, simulator):
     url = gateway(upstream={"retries": 1, "timeouts": {"first_token": 0.2}}).url
     m = marker()
@@ -316,12 +333,13 @@ def test_server_error_is_retried_before_the_first_token(client, url, simulator):
 def test_rate_limit_retry_honours_retry_after(client, url, simulator):
     m = marker()
     started = time.monotonic()
-    events = stream(client, url, f"{m} [[sim tokens=3 status=429 retry_after=0.2 times=2 key={m}]]")
+    events = stream(client, url, f"{m} [[sim tokens=3 status=429 retry_after=0.5 times=2 key={m}]]")
     elapsed = time.monotonic() - started
     assert ended(events)[0] == "done"
     assert len(tokens_of(events)) == 3
     assert [r.outcome for r in simulator.sim.find(m)] == ["rejected", "rejected", "completed"]
-    assert 0.4 <= elapsed < 2.5
+    # Two waits of 0.5 s; the exponential backoff alone would total at most 0.75 s.
+    assert 1.0 <= elapsed < 3
 
 
 def test_retries_are_counted(client, url, simulator):
@@ -356,7 +374,6 @@ def test_retry_after_beyond_the_cap_is_not_retried(client, url, simulator):
 
 
 def test_no_retry_after_the_first_token(client, url, simulator):
-    url = no_retry
     m = marker()
     events = stream(client, url, f"{m} [[sim tokens=6 fault=drop after=2]]")
     kind, error = ended(events)
