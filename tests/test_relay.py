@@ -257,12 +257,12 @@ def test_first_token_timeout(client, gateway, simulator):
     url = gateway(upstream={"retries": 0, "timeouts": {"first_token": 0.3}}).url
     m = marker()
     started = time.monotonic()
-    events = stream(client, url, f"{m} [[sim delay_ms=2000]]")
+    events = stream(client, url, f"{m} [[sim delay_ms=5000]]")
     elapsed = time.monotonic() - started
     assert len(events) == 1
     kind, error = ended(events)
     assert (kind, error["code"], error["retryable"]) == ("error", "upstream_timeout", True)
-    assert 0.3 <= elapsed < 1.5
+    assert 0.3 <= elapsed < 4
     (record,) = simulator.sim.find(m)
     wait_until(lambda: record.outcome == "client_gone")
     assert record.tokens_sent == 0
@@ -305,7 +305,7 @@ def test_total_timeout(client, gateway, simulator):
     kind, error = ended(events)
     assert (kind, error["code"], error["retryable"]) == ("error", "upstream_timeout", True)
     assert 2 <= len(events) - 1 < 100
-    assert 0.5 <= elapsed < 2
+    assert 0.5 <= elapsed < 3.5
     (record,) = simulator.sim.find(m)
     wait_until(lambda: record.outcome == "client_gone")
 
@@ -369,7 +369,7 @@ def test_retry_after_beyond_the_cap_is_not_retried(client, url, simulator):
     kind, error = ended(events)
     assert (kind, error["code"]) == ("error", "upstream_rate_limited")
     assert error["retry_after"] == 5
-    assert elapsed < 1
+    assert elapsed < 4
     assert [r.outcome for r in simulator.sim.find(m)] == ["rejected"]
 
 
