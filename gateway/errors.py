@@ -35,6 +35,7 @@ import math
 import time
 from typing import Any, ClassVar
 
+import httpx2
 import openai
 from starlette.responses import JSONResponse
 
@@ -186,12 +187,14 @@ class UpstreamBadRequest(UpstreamError):
 
 
 def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
-    """Translate an `openai` (or decoding) exception; `streaming` means the response had begun.
+    """Translate an `openai` or `httpx2` exception; `streaming` means the response had begun.
 
     The upstream's own message is not passed on: it may quote credentials.
     """
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return UpstreamTimeout()
+    if isinstance(exc, httpx2.HTTPError):  # raised while reading a streamed body
+        return UpstreamFailed("The upstream connection was lost mid-stream.")
     if isinstance(exc, openai.APIConnectionError):
         if streaming:
             return UpstreamFailed("The upstream connection was lost mid-stream.")
@@ -208,8 +211,6 @@ def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
         return UpstreamFailed(detail)
     if isinstance(exc, openai.APIError):
         return UpstreamFailed("The upstream reported an error mid-stream.")
-    if isinstance(exc, ValueError):
-        return UpstreamFailed("The upstream sent a malformed chunk.")
     return UpstreamFailed()
 
 

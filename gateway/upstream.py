@@ -8,6 +8,7 @@ before the first token was handed on, so a client never sees text twice.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,12 +17,19 @@ from typing import Any
 import anyio
 import httpx2
 import openai
+from openai._response import AsyncAPIResponse
 
 from gateway.config import UpstreamSettings
-from gateway.errors import GatewayError, UpstreamIncomplete, UpstreamTimeout, from_upstream
+from gateway.errors import (
+    GatewayError,
+    UpstreamFailed,
+    UpstreamIncomplete,
+    UpstreamTimeout,
+    from_upstream,
+)
 from gateway.payloads import ChatRequest
 
-__all__ = ["Finish", "OnToken", "Upstream"]
+__all__ = ["Finish", "OnToken", "Upstream", "parse_chunk"]
 
 OnToken = Callable[[str], Awaitable[None]]
 
@@ -94,37 +102,51 @@ class Upstream:
         return delay
 
     async def _attempt(self, chat: ChatRequest, on_token: OnToken, deadline: float) -> Finish:
+        """One request. The body is read as raw SSE lines: building an SDK model
+        per chunk costs more CPU than everything else the gateway does per token."""
         timeouts = self._settings.timeouts
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
-        stream: openai.AsyncStream[Any] | None = None
-        started = False
+        response: AsyncAPIResponse[Any] | None = None
+        started = done = False
         first_token_by = anyio.current_time() + timeouts.first_token
         with anyio.CancelScope(deadline=min(first_token_by, deadline)) as watchdog:
             try:
-                stream = await self._client.chat.completions.create(
+                request = self._client.chat.completions.with_streaming_response.create(
                     **self._arguments(chat), stream=True
                 )
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        usage = chunk.usage.model_dump(exclude_none=True)
-                    for choice in chunk.choices:
-                        if choice.index != 0:
-                            continue
-                        if choice.finish_reason:
-                            finish_reason = choice.finish_reason
-                        if choice.delta is not None and choice.delta.content:
-                            await on_token(choice.delta.content)
-                            started = True
+                response = await request.__aenter__()
+                data: list[str] = []
+                async for line in response.iter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[6:] if line.startswith("data: ") else line[5:])
+                        continue
+                    if line or not data or done:
+                        continue  # other fields and comments; a blank line ends an event
+                    payload = "\n".join(data)
+                    data.clear()
+                    if payload.startswith("[DONE]"):
+                        # Read on to the end of the body, briefly, so the connection is reused.
+                        done = True
+                        watchdog.deadline = min(watchdog.deadline, anyio.current_time() + 0.1)
+                        continue
+                    content, finish, chunk_usage = parse_chunk(payload)
+                    if chunk_usage is not None:
+                        usage = chunk_usage
+                    if finish:
+                        finish_reason = finish
+                    if content:
+                        await on_token(content)
+                        started = True
                     if started:
                         watchdog.deadline = min(anyio.current_time() + timeouts.idle, deadline)
-            except (openai.OpenAIError, ValueError) as exc:
-                raise from_upstream(exc, streaming=stream is not None) from exc
+            except (openai.OpenAIError, httpx2.HTTPError) as exc:
+                raise from_upstream(exc, streaming=response is not None) from exc
             finally:
-                if stream is not None:
+                if response is not None:
                     with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                        await stream.close()
-        if watchdog.cancelled_caught:
+                        await response.close()
+        if watchdog.cancelled_caught and not done:
             raise UpstreamTimeout(
                 "The upstream stopped sending tokens."
                 if started
@@ -145,3 +167,26 @@ class Upstream:
         if chat.max_tokens is not None:
             arguments["max_tokens"] = chat.max_tokens
         return arguments
+
+
+def parse_chunk(payload: str) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """Content delta, finish reason and usage of one `chat.completion.chunk` (choice 0).
+
+    Raises `UpstreamFailed` for a chunk that is not JSON, has the wrong shape,
+    or carries an error object (as OpenAI sends mid-stream).
+    """
+    content = finish = None
+    try:
+        chunk = json.loads(payload)
+        if chunk.get("error"):
+            raise UpstreamFailed("The upstream reported an error mid-stream.")
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) == 0:
+                finish = choice.get("finish_reason")
+                content = (choice.get("delta") or {}).get("content")
+        usage = chunk.get("usage")
+    except (ValueError, AttributeError, TypeError):
+        raise UpstreamFailed("The upstream sent a malformed chunk.") from None
+    if not isinstance(content, str | None) or not isinstance(usage, dict | None):
+        raise UpstreamFailed("The upstream sent a malformed chunk.")
+    return content, finish, usage

@@ -347,14 +347,18 @@ def test_api_error_mid_stream():
     assert error.message == "The upstream reported an error mid-stream."
 
 
-def test_malformed_chunk():
-    try:
-        json.loads('{"choices": [')
-    except json.JSONDecodeError as exc:
-        error = from_upstream(exc, streaming=True)
-    assert type(error) is UpstreamFailed
-    assert (error.code, error.retryable) == ("upstream_error", True)
-    assert error.message == "The upstream sent a malformed chunk."
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (httpx2.ReadTimeout("slow"), UpstreamTimeout),
+        (httpx2.RemoteProtocolError("peer closed connection"), UpstreamFailed),
+        (httpx2.ReadError("reset"), UpstreamFailed),
+    ],
+)
+def test_transport_errors_while_reading_a_body(exc, expected):
+    error = from_upstream(exc, streaming=True)
+    assert type(error) is expected
+    assert error.retryable
 
 
 def test_unknown_exception_is_upstream_error():
