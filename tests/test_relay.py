@@ -486,3 +486,25 @@ def test_role_only_and_empty_deltas_make_no_token_events(client, url):
         assert ended(events)[0] == "done"
     assert len(events) == 1  # tokens=0: only done
     assert json.loads(events[0].data)["usage"]["completion_tokens"] == 0
+
+
+def test_generation_starts_at_once_without_a_reader(client, url, simulator):
+    m = marker()
+    create(client, url, f"{m} [[sim tokens=3]]")
+    wait_until(lambda: [r.outcome for r in simulator.sim.find(m)] == ["completed"])
+
+
+def test_shutdown_closes_the_upstream_and_ends_the_stream_with_shutdown(client, simulator):
+    """Stopping the server cancels what is still running after the drain timeout."""
+    app = create_app(test_settings(simulator, server={"drain_timeout": 0.2}))
+    m = marker()
+    with run_server(app) as url:
+        create(client, url, f"{m} [[sim tokens=100 delay_ms=100]]")
+        wait_until(lambda: simulator.sim.find(m) and simulator.sim.find(m)[0].tokens_sent > 0)
+        store = app.state.gateway.store
+        stream_id = next(iter(store._streams))
+        events = store._streams[stream_id].events
+    assert events[-1].event == "error"
+    assert json.loads(events[-1].data)["code"] == "shutdown"
+    assert json.loads(events[-1].data)["retryable"] is True
+    wait_until(lambda: simulator.sim.find(m)[0].outcome == "client_gone")
