@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run simulate test check format clean system-deps
+.PHONY: run simulate test check format clean system-deps loadtest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,23 @@ run: $(VENV)/.run
 simulate: $(VENV)/.run
 	$(BIN)/sse-gateway simulate --port 8001
 
-# System packages the suite drives for real (Debian): the browser for the web tests.
-SYSTEM_PACKAGES := chromium
+$(VENV)/.loadtest: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[loadtest]'
+	touch $@ $(VENV)/.run
+
+## Load test (docs/loadtest.md): a gateway on the simulator, locust headless; results in loadtest/results/.
+## HOST=http://... uses a running gateway instead; LOCUST_ARGS="--output-tokens 200" passes options on.
+USERS ?= 50
+SPAWN_RATE ?= 10
+RUN_TIME ?= 30s
+HOST ?=
+loadtest: $(VENV)/.loadtest
+	$(BIN)/python loadtest/run.py --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME) \
+		$(if $(HOST),--host $(HOST)) $(LOCUST_ARGS)
+
+# System packages the suite drives for real (Debian): the browser for the web tests,
+# nginx and redis-server for the deployment tests.
+SYSTEM_PACKAGES := chromium nginx redis-server
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
