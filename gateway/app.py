@@ -7,19 +7,23 @@ closed by the lifespan, which also owns the task group generations run in.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import anyio
+from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound, error_response
+from gateway.metrics import Metrics
+from gateway.middleware import RequestMiddleware
 from gateway.relay import Relay
 from gateway.routes import Gateway, routes
 from gateway.simulator import Simulator
@@ -33,17 +37,21 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     simulator = Simulator(settings.simulator) if settings.simulator.enabled else None
+    metrics = Metrics(settings.metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        store = create_store(settings.streams)
-        upstream = Upstream(settings.upstream, settings.upstream_base_url)
+        store = create_store(settings)
+        upstream = Upstream(settings.upstream, settings.upstream_base_url, metrics)
         await store.open()
         try:
             async with anyio.create_task_group() as tasks:
-                gateway = Gateway(settings, store, Relay(settings, store, upstream, tasks))
+                relay = Relay(settings, store, upstream, tasks, metrics)
+                gateway = Gateway(settings, store, relay, metrics)
                 app.state.gateway = gateway  # for operators' tools and tests
-                yield {"gateway": gateway}
+                tasks.start_soon(_drain_on_exit, gateway.relay, settings.server.drain_timeout)
+                async with _metrics_listener(metrics, settings):
+                    yield {"gateway": gateway}
                 await gateway.relay.drain(settings.server.drain_timeout)
                 tasks.cancel_scope.cancel()
         finally:
@@ -51,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await store.close()
 
     app_routes = routes()
+    if settings.metrics.enabled and settings.metrics.port is None:
+        app_routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
     if simulator is not None:
         app_routes.append(Mount("/simulator", app=simulator.app))
     web = Path(settings.web.directory) if settings.web.directory else DEFAULT_DIRECTORY
@@ -58,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app_routes.append(WebMount(web))
     app = Starlette(
         routes=app_routes,
+        middleware=[Middleware(RequestMiddleware, metrics=metrics)],
         lifespan=lifespan,
         exception_handlers={
             GatewayError: _gateway_error,
@@ -68,6 +79,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.simulator = simulator
     return app
+
+
+async def _drain_on_exit(relay: Relay, timeout: float) -> None:
+    """On SIGTERM, drain at once, while uvicorn still serves the open streams.
+
+    The lifespan's shutdown only runs once uvicorn has closed every connection,
+    too late to refuse new streams or to send `error: shutdown` to readers.
+    sse-starlette already detects uvicorn's exit (`AppStatus`), so we wait on
+    the same signal rather than install signal handlers of our own.
+    """
+    await EventSourceResponse._listen_for_exit_signal()
+    await relay.drain(timeout)
+
+
+def _metrics_listener(metrics: Metrics, settings: Settings) -> AbstractAsyncContextManager[None]:
+    """`/metrics` on its own port when `metrics.port` is set."""
+    if not settings.metrics.enabled or settings.metrics.port is None:
+        return nullcontext()
+    return metrics.serve(settings.metrics.host or settings.server.host)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

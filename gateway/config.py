@@ -72,16 +72,29 @@ class SSESettings(_Section):
     retry_ms: int = Field(default=2000, ge=0)
     #: A client that does not take a write within this time is dropped.
     send_timeout: Seconds = Field(default=10.0, gt=0)
+    #: Deltas arriving within this many milliseconds go out as one `token` event
+    #: (0: off). The first token is never delayed.
+    coalesce_ms: int = Field(default=0, ge=0, le=1000)
 
 
 class StreamSettings(_Section):
-    store: Literal["memory"] = "memory"
+    #: `memory` (one process) or `redis` (several instances share streams; see `redis`).
+    store: Literal["memory", "redis"] = "memory"
     #: How long a generation runs on with nobody reading before it is cancelled.
     disconnect_grace: Seconds = Field(default=30.0, ge=0)
     #: How long a finished stream stays available for replay.
     retention: Seconds = Field(default=300.0, ge=0)
     #: Events kept per stream; older ones are dropped (and cannot be replayed).
     max_events: int = Field(default=10_000, ge=2)
+
+
+class RedisSettings(_Section):
+    """Used when `streams.store` is `redis`."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    #: An instance that generates a stream renews its lease this often (a third
+    #: of it); readers elsewhere report `generation_lost` once it has expired.
+    lease_ttl: Seconds = Field(default=5.0, gt=0)
 
 
 class LimitSettings(_Section):
@@ -105,14 +118,34 @@ class WebSettings(_Section):
     directory: str | None = None
 
 
+class MetricsSettings(_Section):
+    #: Serve Prometheus metrics at `/metrics`.
+    enabled: bool = True
+    #: Serve `/metrics` on this port only, not on the gateway's; null: the gateway's port.
+    port: int | None = Field(default=None, ge=0, le=65535)
+    #: Address of that port; null: `server.host`.
+    host: str | None = None
+    #: For `uvicorn --workers N`: an empty directory all workers write their metrics to,
+    #: so `/metrics` adds them up. Empty it before each start.
+    multiprocess_dir: str | None = None
+
+
+class LoggingSettings(_Section):
+    #: `console`: readable lines; `json`: one JSON object per line.
+    format: Literal["console", "json"] = "console"
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     sse: SSESettings = SSESettings()
     streams: StreamSettings = StreamSettings()
+    redis: RedisSettings = RedisSettings()
     limits: LimitSettings = LimitSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     web: WebSettings = WebSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
 
     @property
     def upstream_base_url(self) -> str:

@@ -11,6 +11,8 @@
      ├── ResumeUnavailable           409    resume_unavailable
      ├── Cancelled                   409    cancelled
      ├── Shutdown                    503    shutdown                 yes
+     ├── StoreUnavailable            503    store_unavailable        yes
+     ├── GenerationLost              503    generation_lost          yes
      ├── Internal                    500    internal
      └── UpstreamError (the upstream failed; never the caller's fault, so never 4xx but 429)
           ├── UpstreamUnavailable    502    upstream_unavailable     yes
@@ -43,6 +45,7 @@ __all__ = [
     "BodyTooLarge",
     "Cancelled",
     "GatewayError",
+    "GenerationLost",
     "Internal",
     "InvalidJSON",
     "InvalidRequest",
@@ -51,6 +54,7 @@ __all__ = [
     "OverCapacity",
     "ResumeUnavailable",
     "Shutdown",
+    "StoreUnavailable",
     "UnsupportedMediaType",
     "UpstreamAuth",
     "UpstreamBadRequest",
@@ -145,6 +149,18 @@ class Shutdown(GatewayError):
     default_message = "The gateway is shutting down."
 
 
+class StoreUnavailable(GatewayError):
+    status, code, retryable = 503, "store_unavailable", True
+    default_message = "The stream store is unavailable; try again shortly."
+
+
+class GenerationLost(GatewayError):
+    """The instance generating the stream stopped renewing its lease (it died)."""
+
+    status, code, retryable = 503, "generation_lost", True
+    default_message = "The gateway instance generating this stream was lost."
+
+
 class Internal(GatewayError):
     pass
 
@@ -191,7 +207,7 @@ def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
 
     The upstream's own message is not passed on: it may quote credentials.
     """
-    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not _refused(exc):
         return UpstreamTimeout()
     if isinstance(exc, httpx2.HTTPError):  # raised while reading a streamed body
         return UpstreamFailed("The upstream connection was lost mid-stream.")
@@ -212,6 +228,20 @@ def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
     if isinstance(exc, openai.APIError):
         return UpstreamFailed("The upstream reported an error mid-stream.")
     return UpstreamFailed()
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a "timeout" was really a refused connection.
+
+    The SDK's aiohttp transport maps every connect failure to `ConnectTimeout`;
+    the socket error underneath tells a refusal from a real timeout.
+    """
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -23,6 +23,9 @@ def frame(event: str, data: str, id: int | None = None) -> bytes:
     """One complete event: `id:`, `event:` and `data:` lines and a blank line."""
     if _LINE_BREAK.search(event):
         raise ValueError("an event name cannot contain a line break")
+    if "\n" not in data and "\r" not in data:  # the common case, and the hot path
+        head = "" if id is None else f"id: {id}\n"
+        return f"{head}event: {event}\ndata: {data}\n\n".encode()
     lines = [] if id is None else [f"id: {id}"]
     lines.append(f"event: {event}")
     lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))

@@ -7,6 +7,9 @@ finish decides the outcome and cancels the others (see ARCHITECTURE.md):
 - `DELETE /v1/streams/{id}` asks for cancellation (`error: cancelled`);
 - no reader has been attached for `streams.disconnect_grace` (`error: cancelled`).
 
+With `sse.coalesce_ms` set, a fourth task joins the group: the `Coalescer`
+that flushes buffered deltas; it never wins.
+
 Whatever wins, exactly one terminal event is appended, and cancelling the
 upstream contender closes the upstream HTTP response.
 """
@@ -20,9 +23,13 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.abc import TaskGroup
+from sse_starlette.sse import AppStatus
 
+from gateway import logs
+from gateway.coalesce import Coalescer
 from gateway.config import Settings
 from gateway.errors import Cancelled, GatewayError, Internal, OverCapacity, Shutdown
+from gateway.metrics import Metrics, StreamMeter
 from gateway.payloads import ChatRequest
 from gateway.store import StreamStore
 from gateway.upstream import Finish, Upstream
@@ -36,8 +43,17 @@ Outcome = Finish | GatewayError
 
 class Relay:
     def __init__(
-        self, settings: Settings, store: StreamStore, upstream: Upstream, tasks: TaskGroup
+        self,
+        settings: Settings,
+        store: StreamStore,
+        upstream: Upstream,
+        tasks: TaskGroup,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
+        grace = settings.streams.disconnect_grace
+        #: What `_abandoned` returns: `cancelled` to clients, `client_gone` in metrics and logs.
+        self._client_gone = Cancelled(f"No client read the stream for {grace:g} seconds.")
         self._settings = settings
         self._store = store
         self._upstream = upstream
@@ -45,6 +61,15 @@ class Relay:
         self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
+        self._draining = False
+        #: One cancel scope per running generation, for `drain` to cut.
+        self._running: set[anyio.CancelScope] = set()
+
+    @property
+    def draining(self) -> bool:
+        """No new stream is accepted: `drain` was called, or the server is exiting
+        (sse-starlette's `AppStatus` flips in the signal handler, before drain starts)."""
+        return self._draining or AppStatus.should_exit
 
     @property
     def active(self) -> int:
@@ -53,6 +78,8 @@ class Relay:
 
     async def start(self, chat: ChatRequest) -> str:
         """Create a stream and start generating into it; returns the new stream id."""
+        if self.draining:
+            raise Shutdown(retry_after=1)
         if self._active >= self._settings.limits.max_concurrent_streams:
             raise OverCapacity(retry_after=1)
         stream_id = secrets.token_urlsafe(24)
@@ -60,45 +87,79 @@ class Relay:
         self._active += 1
         if self._active == 1:
             self._idle = anyio.Event()
-        self._tasks.start_soon(self._generate, stream_id, chat, name=f"stream {stream_id}")
+        meter = self._metrics.stream_started()
+        logs.stream_id.set(stream_id)  # for the request's own log lines
+        request_id = logs.request_id.get()
+        self._tasks.start_soon(
+            self._run, stream_id, chat, meter, request_id, name=f"stream {stream_id}"
+        )
         return stream_id
 
     async def drain(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for running generations to end by themselves."""
+        """Refuse new streams, wait up to `timeout` seconds for running generations to
+        end by themselves, then cut the rest (they end with `error: shutdown`)."""
+        self._draining = True
         with anyio.move_on_after(timeout):
             await self._idle.wait()
+        for scope in self._running:
+            scope.cancel()
+        await self._idle.wait()
 
-    async def _generate(self, stream_id: str, chat: ChatRequest) -> None:
-        started = anyio.current_time()
-        tokens = 0
+    async def _run(
+        self, stream_id: str, chat: ChatRequest, meter: StreamMeter, request_id: str | None
+    ) -> None:
+        # The task group is the app's, not the request's: carry the log context over.
+        logs.request_id.set(request_id)
+        logs.stream_id.set(stream_id)
+        with anyio.CancelScope() as scope:
+            self._running.add(scope)
+            try:
+                await self._generate(stream_id, chat, meter)
+            finally:
+                self._running.discard(scope)
+
+    async def _generate(self, stream_id: str, chat: ChatRequest, meter: StreamMeter) -> None:
+        async def append_token(text: str) -> None:
+            await self._store.append(stream_id, "token", '{"text": ' + json.dumps(text) + "}")
+
+        window = self._settings.sse.coalesce_ms / 1000
+        coalescer = Coalescer(append_token, window) if window else None
 
         async def on_token(text: str) -> None:
-            nonlocal tokens
-            tokens += 1
-            await self._store.append(stream_id, "token", json.dumps({"text": text}))
+            meter.token()
+            await (coalescer.add(text) if coalescer else append_token(text))
 
+        contenders: list[Callable[[], Awaitable[Outcome]]] = [
+            lambda: self._answer(chat, on_token),
+            lambda: self._cancelled(stream_id),
+            lambda: self._abandoned(stream_id),
+        ]
+        if coalescer:
+            contenders.append(coalescer.run)  # never wins: it flushes until cancelled
         outcome: Outcome = Internal()
         try:
-            outcome = await self._race(
-                lambda: self._answer(chat, on_token),
-                lambda: self._cancelled(stream_id),
-                lambda: self._abandoned(stream_id),
-            )
+            outcome = await self._race(*contenders)
         except anyio.get_cancelled_exc_class():
             outcome = Shutdown()
             raise
         finally:
             with anyio.CancelScope(shield=True):
+                if coalescer:
+                    await coalescer.flush()
                 await self._finish(stream_id, outcome)
             self._active -= 1
             if not self._active:
                 self._idle.set()
+            outcome_name = self._outcome_name(outcome)
+            meter.finish(outcome_name)
             logger.info(
-                "stream %s ended: %s after %.3fs, %d tokens",
-                stream_id,
-                "done" if isinstance(outcome, Finish) else outcome.code,
-                anyio.current_time() - started,
-                tokens,
+                "stream finished",
+                extra={
+                    "outcome": outcome_name,
+                    "duration": round(meter.duration, 6),
+                    "tokens": meter.tokens,
+                    "ttft": None if meter.first_token is None else round(meter.first_token, 6),
+                },
             )
 
     @staticmethod
@@ -137,7 +198,13 @@ class Relay:
     async def _abandoned(self, stream_id: str) -> Outcome:
         grace = self._settings.streams.disconnect_grace
         await self._store.wait_abandoned(stream_id, grace)
-        return Cancelled(f"No client read the stream for {grace:g} seconds.")
+        return self._client_gone
+
+    def _outcome_name(self, outcome: Outcome) -> str:
+        """`done`, `client_gone` or the error code (`cancelled` for a DELETE)."""
+        if isinstance(outcome, Finish):
+            return "done"
+        return "client_gone" if outcome is self._client_gone else outcome.code
 
     async def _finish(self, stream_id: str, outcome: Outcome) -> None:
         if isinstance(outcome, Finish):

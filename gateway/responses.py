@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 import anyio
@@ -22,6 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.config import Settings
 from gateway.errors import GatewayError, error_response, from_event_data
 from gateway.events import HEARTBEAT, frame, retry
+from gateway.metrics import Metrics
 from gateway.store import StoredEvent, StreamStore
 
 __all__ = ["StreamResponse", "sse_error_response"]
@@ -43,6 +44,7 @@ class StreamResponse:
         store: StreamStore,
         stream_id: str,
         settings: Settings,
+        metrics: Metrics,
         *,
         after: int = 0,
         format: Format = "sse",
@@ -54,6 +56,7 @@ class StreamResponse:
         self._store = store
         self._stream_id = stream_id
         self._settings = settings
+        self._metrics = metrics
         self._after = after
         self._format = format
         self._hold = hold
@@ -62,7 +65,7 @@ class StreamResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sse = self._settings.sse
         try:
-            async with self._store.attach(self._stream_id):
+            async with self._store.attach(self._stream_id), self._metrics.subscribed():
                 first: Sequence[StoredEvent] = ()
                 if self._hold:
                     first = await self._store.read(self._stream_id, self._after, sse.heartbeat)
@@ -76,14 +79,22 @@ class StreamResponse:
                     ping=0,
                     sep="\n",
                     send_timeout=sse.send_timeout,
-                    shutdown_grace_period=self._settings.server.drain_timeout,
+                    shutdown_grace_period=self._shutdown_grace(),
                 )
-                await response(scope, receive, _final_send_with_timeout(send, sse.send_timeout))
+                sent = self._metrics.sent_bytes.inc
+                guarded = _final_send_with_timeout(send, sse.send_timeout, sent)
+                await response(scope, receive, guarded)
         except (_Aborted, SendTimeoutError) as exc:
             # Leaving the response incomplete makes the server close the
             # connection, which is how a reader learns the body is not whole.
             reason = "client too slow" if isinstance(exc, SendTimeoutError) else exc
             logger.warning("stream %s: connection dropped: %s", self._stream_id, reason)
+
+    def _shutdown_grace(self) -> float:
+        """On shutdown, a shared store's readers are let go at once (they resume on
+        another instance); otherwise they get the rest, or `error: shutdown` once
+        the relay's drain timeout has passed."""
+        return 0 if self._store.shared else self._settings.server.drain_timeout + 1
 
     async def _body(self, batch: Sequence[StoredEvent]) -> AsyncIterator[bytes]:
         sse = self._format == "sse"
@@ -137,10 +148,13 @@ def _pieces(parts: Iterable[bytes]) -> Iterator[bytes]:
         yield b"".join(piece)
 
 
-def _final_send_with_timeout(send: Send, timeout: float) -> Send:
-    """sse-starlette times out data writes but not the closing one; time that out too."""
+def _final_send_with_timeout(send: Send, timeout: float, sent: Callable[[int], None]) -> Send:
+    """sse-starlette times out data writes but not the closing one; time that out too.
+    Body sizes are reported to `sent` (the bytes metric)."""
 
     async def guarded(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            sent(len(message.get("body", b"")))
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             with anyio.move_on_after(timeout) as scope:
                 await send(message)

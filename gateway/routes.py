@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.config import Settings
 from gateway.errors import NotFound, ResumeUnavailable
 from gateway.events import parse_last_event_id
+from gateway.metrics import Metrics
 from gateway.payloads import ChatRequest, LegacyRequest, read_payload
 from gateway.relay import Relay
 from gateway.responses import StreamResponse, sse_error_response
@@ -29,6 +30,7 @@ class Gateway:
     settings: Settings
     store: StreamStore
     relay: Relay
+    metrics: Metrics
 
 
 def _gateway(request: Request) -> Gateway:
@@ -67,7 +69,7 @@ async def stream_events(request: Request) -> Response | StreamResponse:
     if after < info.first_id - 1:
         problem = ResumeUnavailable("Events after that id are no longer kept.")
         return sse_error_response(problem, gateway.settings)
-    return StreamResponse(gateway.store, stream_id, gateway.settings, after=after)
+    return StreamResponse(gateway.store, stream_id, gateway.settings, gateway.metrics, after=after)
 
 
 async def delete_stream(request: Request) -> Response:
@@ -86,6 +88,7 @@ async def api_stream(request: Request) -> StreamResponse:
         gateway.store,
         stream_id,
         gateway.settings,
+        gateway.metrics,
         format="sse" if wants_sse else "text",
         hold=True,
         headers={"X-Stream-ID": stream_id},
@@ -97,10 +100,14 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    if await _gateway(request).store.ready():
+    gateway = _gateway(request)
+    if gateway.relay.draining:
+        message = "The gateway is shutting down."
+    elif not await gateway.store.ready():
+        message = "The stream store is unavailable."
+    else:
         return JSONResponse({"status": "ready"})
-    body = {"error": {"code": "not_ready", "message": "The stream store is unavailable."}}
-    return JSONResponse(body, status_code=503)
+    return JSONResponse({"error": {"code": "not_ready", "message": message}}, status_code=503)
 
 
 def routes() -> list[BaseRoute]:

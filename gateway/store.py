@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.config import StreamSettings
+from gateway.config import Settings
 from gateway.events import frame
 
 __all__ = ["STORES", "StoredEvent", "StreamInfo", "StreamStore", "create_store"]
@@ -55,6 +55,10 @@ class StreamInfo:
 
 
 class StreamStore(Protocol):
+    #: Other gateway instances see the same streams, so a reader may move to
+    #: another instance (on drain, its responses end at once and clients resume there).
+    shared: bool
+
     async def open(self) -> None:
         """Connect; called once by the app's lifespan."""
 
@@ -95,11 +99,12 @@ class StreamStore(Protocol):
 
 STORES: dict[str, str] = {
     "memory": "gateway.memory:MemoryStore",
+    "redis": "gateway.redis_store:RedisStore",
 }
 
 
-def create_store(settings: StreamSettings) -> StreamStore:
-    module_name, _, class_name = STORES[settings.store].partition(":")
+def create_store(settings: Settings) -> StreamStore:
+    module_name, _, class_name = STORES[settings.streams.store].partition(":")
     store_class = getattr(importlib.import_module(module_name), class_name)
     store: StreamStore = store_class(settings)
     return store

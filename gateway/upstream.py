@@ -8,6 +8,7 @@ before the first token was handed on, so a client never sees text twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ import httpx2
 import openai
 from openai._response import AsyncAPIResponse
 
+from gateway import logs
 from gateway.config import UpstreamSettings
 from gateway.errors import (
     GatewayError,
@@ -27,6 +29,7 @@ from gateway.errors import (
     UpstreamTimeout,
     from_upstream,
 )
+from gateway.metrics import Metrics, UpstreamRequest
 from gateway.payloads import ChatRequest
 
 __all__ = ["Finish", "OnToken", "Upstream", "parse_chunk"]
@@ -34,7 +37,59 @@ __all__ = ["Finish", "OnToken", "Upstream", "parse_chunk"]
 OnToken = Callable[[str], Awaitable[None]]
 
 _CLOSE_TIMEOUT = 2.0
+_DRAIN_TIMEOUT = 0.1
 _BACKOFF_BASE = 0.25
+
+
+class _Watchdog:
+    """Cancels `scope` when the upstream is too slow: no first token within
+    `first_token`, a silence over `idle` once tokens flow, or the `deadline`.
+
+    A chunk only records the time (`touch`); the timer re-arms itself when it
+    fires before its time, so the per-chunk cost is one float assignment.
+    """
+
+    def __init__(
+        self, scope: anyio.CancelScope, first_token: float, idle: float, deadline: float
+    ) -> None:
+        self._scope = scope
+        self._loop = asyncio.get_running_loop()
+        self._idle = idle
+        self._deadline = deadline
+        self._due = min(self._loop.time() + first_token, deadline)
+        self._last: float | None = None
+        self._handle = self._loop.call_at(self._due, self._check)
+        #: A content token has arrived: `idle` applies from now on.
+        self.started = False
+
+    def touch(self) -> None:
+        """A chunk arrived; the first content token switches to the `idle` limit."""
+        self._last = self._loop.time()
+        if not self.started:
+            self.started = True
+            self._arm(min(self._last + self._idle, self._deadline))
+
+    def shorten(self, seconds: float) -> None:
+        """Give the upstream at most `seconds` more."""
+        self._deadline = min(self._deadline, self._loop.time() + seconds)
+        self._last = None
+        self._arm(self._deadline)
+
+    def _arm(self, due: float) -> None:
+        self._handle.cancel()
+        self._due = due
+        self._handle = self._loop.call_at(due, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+    def _check(self) -> None:
+        if self._last is not None:
+            self._due = min(self._last + self._idle, self._deadline)
+        if self._loop.time() >= self._due:
+            self._scope.cancel()
+        else:
+            self._handle = self._loop.call_at(self._due, self._check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,20 +99,24 @@ class Finish:
 
 
 class Upstream:
-    def __init__(self, settings: UpstreamSettings, base_url: str) -> None:
+    def __init__(self, settings: UpstreamSettings, base_url: str, metrics: Metrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         timeouts = settings.timeouts
         api_key = settings.api_key.get_secret_value() if settings.api_key else "unset"
+        timeout = httpx2.Timeout(
+            connect=timeouts.connect,
+            read=max(timeouts.first_token, timeouts.idle),
+            write=timeouts.connect,
+            pool=timeouts.connect,
+        )
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key,
             max_retries=0,
-            timeout=httpx2.Timeout(
-                connect=timeouts.connect,
-                read=max(timeouts.first_token, timeouts.idle),
-                write=timeouts.connect,
-                pool=timeouts.connect,
-            ),
+            timeout=timeout,
+            # aiohttp's C parser reads chunked bodies with far less CPU than h11.
+            http_client=openai.DefaultAioHttpClient(timeout=timeout),
         )
 
     async def aclose(self) -> None:
@@ -75,12 +134,15 @@ class Upstream:
 
         async def relay(text: str) -> None:
             nonlocal relayed
+            if not relayed:
+                measured.token()
             relayed = True
             await on_token(text)
 
         for attempt in range(settings.retries + 1):
             try:
-                return await self._attempt(chat, relay, deadline)
+                with self._metrics.upstream_request(retry=attempt > 0) as measured:
+                    return await self._attempt(chat, relay, deadline, measured)
             except GatewayError as exc:
                 delay = self._retry_delay(exc, attempt, deadline)
                 if relayed or delay is None:
@@ -101,21 +163,24 @@ class Upstream:
             return None
         return delay
 
-    async def _attempt(self, chat: ChatRequest, on_token: OnToken, deadline: float) -> Finish:
+    async def _attempt(
+        self, chat: ChatRequest, on_token: OnToken, deadline: float, measured: UpstreamRequest
+    ) -> Finish:
         """One request. The body is read as raw SSE lines: building an SDK model
         per chunk costs more CPU than everything else the gateway does per token."""
         timeouts = self._settings.timeouts
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
         response: AsyncAPIResponse[Any] | None = None
-        started = done = False
-        first_token_by = anyio.current_time() + timeouts.first_token
-        with anyio.CancelScope(deadline=min(first_token_by, deadline)) as watchdog:
+        done = False
+        with anyio.CancelScope() as scope:
+            watchdog = _Watchdog(scope, timeouts.first_token, timeouts.idle, deadline)
             try:
                 request = self._client.chat.completions.with_streaming_response.create(
                     **self._arguments(chat), stream=True
                 )
                 response = await request.__aenter__()
+                measured.status = response.status_code
                 data: list[str] = []
                 async for line in response.iter_lines():
                     if line.startswith("data:"):
@@ -128,7 +193,7 @@ class Upstream:
                     if payload.startswith("[DONE]"):
                         # Read on to the end of the body, briefly, so the connection is reused.
                         done = True
-                        watchdog.deadline = min(watchdog.deadline, anyio.current_time() + 0.1)
+                        watchdog.shorten(_DRAIN_TIMEOUT)
                         continue
                     content, finish, chunk_usage = parse_chunk(payload)
                     if chunk_usage is not None:
@@ -137,19 +202,20 @@ class Upstream:
                         finish_reason = finish
                     if content:
                         await on_token(content)
-                        started = True
-                    if started:
-                        watchdog.deadline = min(anyio.current_time() + timeouts.idle, deadline)
+                        watchdog.touch()
+                    elif watchdog.started:
+                        watchdog.touch()
             except (openai.OpenAIError, httpx2.HTTPError) as exc:
                 raise from_upstream(exc, streaming=response is not None) from exc
             finally:
+                watchdog.stop()
                 if response is not None:
                     with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                         await response.close()
-        if watchdog.cancelled_caught and not done:
+        if scope.cancelled_caught and not done:
             raise UpstreamTimeout(
                 "The upstream stopped sending tokens."
-                if started
+                if watchdog.started
                 else "The upstream sent no token in time."
             )
         if finish_reason is None:
@@ -162,6 +228,9 @@ class Upstream:
             "messages": [message.model_dump() for message in chat.messages],
             "stream_options": {"include_usage": True},
         }
+        request_id = logs.request_id.get()
+        if request_id is not None:
+            arguments["extra_headers"] = {"X-Request-ID": request_id}
         if chat.temperature is not None:
             arguments["temperature"] = chat.temperature
         if chat.max_tokens is not None:

@@ -8,7 +8,9 @@ whole session; each test gets gateways built with the settings it needs.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -102,6 +104,94 @@ def test_settings(sim_server: SimServer, /, **overrides: Any) -> Settings:
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
+# -- stream stores -------------------------------------------------------------
+#
+# A module marked `pytestmark = pytest.mark.stores("memory", "redis")` runs each
+# of its tests that starts a gateway once per store; other gateways use memory.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stores(*names): run the gateway tests over these stores")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("stores")
+    if marker is not None and "store_name" in metafunc.fixturenames:
+        metafunc.parametrize("store_name", marker.args, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def store_name(request: pytest.FixtureRequest) -> str:
+    name: str = getattr(request, "param", "memory")
+    return name
+
+
+@pytest.fixture(scope="session")
+def store_settings(request: pytest.FixtureRequest, store_name: str) -> dict[str, Any]:
+    """Settings overrides that select the store (starting redis-server when needed)."""
+    if store_name == "memory":
+        return {}
+    redis = request.getfixturevalue("redis_server")
+    return {"streams": {"store": "redis"}, "redis": {"url": redis.url, "lease_ttl": 2}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, without persistence; can be stopped
+    and started again on the same port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
 @dataclass
 class GatewayServer:
     url: str
@@ -115,12 +205,14 @@ class GatewayServer:
 
 
 @pytest.fixture
-def gateway(simulator: SimServer) -> Iterator[Callable[..., GatewayServer]]:
+def gateway(
+    simulator: SimServer, store_settings: dict[str, Any]
+) -> Iterator[Callable[..., GatewayServer]]:
     """Start gateways with settings overrides, e.g. `gateway(sse={"heartbeat": 0.2})`."""
     with ExitStack() as stack:
 
         def start(**overrides: Any) -> GatewayServer:
-            app = create_app(test_settings(simulator, **overrides))
+            app = create_app(test_settings(simulator, **_merge(store_settings, overrides)))
             return GatewayServer(stack.enter_context(run_server(app)), app)
 
         yield start

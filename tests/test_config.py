@@ -104,7 +104,7 @@ def test_file_values_are_typed(tmp_path):
         ("server:\n  port: eighty\n", "server.port"),
         ("upstream:\n  retries: -1\n", "upstream.retries"),
         ("sse:\n  heartbeat: 0\n", "sse.heartbeat"),
-        ("streams:\n  store: redis\n", "streams.store"),
+        ("streams:\n  store: sqlite\n", "streams.store"),
         ("streams:\n  max_events: 1\n", "streams.max_events"),
         ("limits:\n  max_concurrent_streams: 0\n", "limits.max_concurrent_streams"),
         ("server: 5\n", "server"),

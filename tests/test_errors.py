@@ -15,6 +15,7 @@ from gateway.errors import (
     BodyTooLarge,
     Cancelled,
     GatewayError,
+    GenerationLost,
     Internal,
     InvalidJSON,
     InvalidRequest,
@@ -23,6 +24,7 @@ from gateway.errors import (
     OverCapacity,
     ResumeUnavailable,
     Shutdown,
+    StoreUnavailable,
     UnsupportedMediaType,
     UpstreamAuth,
     UpstreamBadRequest,
@@ -48,6 +50,8 @@ TABLE = [
     (UnsupportedMediaType, 415, "unsupported_media_type", False),
     (InvalidRequest, 422, "invalid_request", False),
     (OverCapacity, 503, "over_capacity", True),
+    (StoreUnavailable, 503, "store_unavailable", True),
+    (GenerationLost, 503, "generation_lost", True),
     (ResumeUnavailable, 409, "resume_unavailable", False),
     (Cancelled, 409, "cancelled", False),
     (Shutdown, 503, "shutdown", True),
@@ -69,6 +73,8 @@ RETRYABLE = {
     "upstream_incomplete",
     "over_capacity",
     "shutdown",
+    "store_unavailable",
+    "generation_lost",
 }
 
 

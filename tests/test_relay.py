@@ -71,17 +71,21 @@ def stream(client: httpx.Client, url: str, content: str) -> list[httpx_sse.Serve
     return read_events(client, create(client, url, content))
 
 
+pytestmark = pytest.mark.stores("memory", "redis")
+
+
 @pytest.fixture(scope="module")
-def url(simulator) -> Iterator[str]:
+def url(simulator, store_settings) -> Iterator[str]:
     """One gateway with the default test settings (retries: 2), shared by this module."""
-    with run_server(create_app(test_settings(simulator))) as gateway_url:
+    with run_server(create_app(test_settings(simulator, **store_settings))) as gateway_url:
         yield gateway_url
 
 
 @pytest.fixture(scope="module")
-def no_retry(simulator) -> Iterator[str]:
+def no_retry(simulator, store_settings) -> Iterator[str]:
     """One gateway with `upstream.retries: 0`, so each fault reaches the client as is."""
-    with run_server(create_app(test_settings(simulator, upstream={"retries": 0}))) as gateway_url:
+    settings = test_settings(simulator, upstream={"retries": 0}, **store_settings)
+    with run_server(create_app(settings)) as gateway_url:
         yield gateway_url
 
 
@@ -508,3 +512,17 @@ def test_shutdown_closes_the_upstream_and_ends_the_stream_with_shutdown(client, 
     assert json.loads(events[-1].data)["code"] == "shutdown"
     assert json.loads(events[-1].data)["retryable"] is True
     wait_until(lambda: simulator.sim.find(m)[0].outcome == "client_gone")
+
+
+def test_coalescing_joins_deltas_but_never_holds_back_the_first(client, gateway, simulator):
+    url = gateway(sse={"coalesce_ms": 50}).url
+    m = marker()
+    answer = f"{m} " + "".join(f"{i:03d}," for i in range(250))
+    events = stream(client, url, f"{answer}[[sim echo=1 chunk=4 delay_ms=1]]")
+    tokens = tokens_of(events)
+    deltas = -(-len(answer) // 4)
+    assert ended(events)[0] == "done"
+    assert "".join(tokens) == answer
+    assert tokens[0] == answer[:4]
+    assert len(tokens) <= deltas / 5
+    assert simulator.sim.find(m)[0].tokens_sent == deltas
