@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run simulate test check format clean system-deps loadtest
+.PHONY: run simulate test check format clean system-deps loadtest bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ HOST ?=
 loadtest: $(VENV)/.loadtest
 	$(BIN)/python loadtest/run.py --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME) \
 		$(if $(HOST),--host $(HOST)) $(LOCUST_ARGS)
+
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.run
+
+## Benchmark (docs/performance.md): direct, reference, naive and gateway side by side.
+## REPEAT=1 for a quick look; SCENARIOS="A_saturation D_fixed_cost" to pick scenarios.
+REPEAT ?= 3
+SCENARIOS ?=
+bench: $(VENV)/.bench
+	$(BIN)/python -m bench.run --repeat $(REPEAT) $(if $(SCENARIOS),--scenarios $(SCENARIOS))
 
 # System packages the suite drives for real (Debian): the browser for the web tests,
 # nginx and redis-server for the deployment tests.
