@@ -68,8 +68,8 @@ test: $(VENV)/.test system-deps
 
 ## Format check, lint and type check.
 check: $(VENV)/.test
-	$(BIN)/ruff format --check gateway tests
-	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests bench loadtest
+	$(BIN)/ruff check gateway tests bench loadtest
 	$(BIN)/mypy
 
 format: $(VENV)/.test

@@ -59,22 +59,30 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def answers(port: int, probe: str | None) -> bool:
+    """Whether the server on `port` takes connections (and answers GET `probe`)."""
+    try:
+        if probe is None:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        else:
+            httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=1)
+    except (OSError, httpx.TransportError):
+        return False
+    return True
+
+
 @contextmanager
-def serve(command: list[str], port: int, env: dict[str, str], probe: str) -> Iterator[int]:
-    """Start a server process and wait until `probe` answers; yields its pid."""
+def serve(command: list[str], port: int, env: dict[str, str], probe: str | None) -> Iterator[int]:
+    """Start a server process and wait until it answers; yields its pid."""
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{command} did not start") from None
-                time.sleep(0.1)
+        while not answers(port, probe):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command} did not start")
+            time.sleep(0.1)
         yield process.pid
     finally:
         process.terminate()
@@ -120,7 +128,7 @@ def measure(target: str, scenario: tuple, sim_url: str) -> dict:
         return summarize(run_client("openai", sim_url, scenario), None, None)
     port = free_port()
     command, env = target_command(target, port, f"{sim_url}/v1")
-    probe = "/healthz" if target == "gateway" else "/nope"
+    probe = "/healthz" if target == "gateway" else None
     with serve(command, port, env, probe) as pid:
         kind, url = ("sse", f"http://127.0.0.1:{port}/stream")
         if target == "gateway":
