@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        store = create_store(settings)
+        store = create_store(settings, on_error=metrics.redis_errors.inc)
         upstream = Upstream(settings.upstream, settings.upstream_base_url, metrics)
         await store.open()
         try:

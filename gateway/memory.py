@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 
 import anyio
@@ -71,7 +71,8 @@ def _pulse(event: asyncio.Event) -> None:
 class MemoryStore:
     shared = False
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_error: Callable[[], None] | None = None) -> None:
+        """`on_error` is never called: nothing here can fail like a backend."""
         self._max_events = settings.streams.max_events
         self._retention = settings.streams.retention
         self._streams: dict[str, _Stream] = {}

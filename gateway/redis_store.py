@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -71,7 +71,9 @@ class _Generation:
 class RedisStore:
     shared = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_error: Callable[[], None] = lambda: None) -> None:
+        #: Called for every failed Redis operation (`gateway_redis_errors_total`).
+        self._on_error = on_error
         self._url = settings.redis.url
         self._lease_ms = max(1, int(settings.redis.lease_ttl * 1000))
         #: Readers check the lease at least this often while no event comes.
@@ -116,6 +118,7 @@ class RedisStore:
             with anyio.fail_after(2):
                 return bool(await self._client.ping())
         except (RedisError, OSError, TimeoutError):
+            self._on_error()
             return False
 
     async def create(self, stream_id: str) -> None:
@@ -244,6 +247,7 @@ class RedisStore:
         try:
             yield self._client
         except (RedisError, OSError) as exc:
+            self._on_error()
             logger.warning("redis: %s", exc)
             raise StoreUnavailable() from None
 
@@ -293,6 +297,7 @@ class RedisStore:
                         if message["type"] == "message":
                             self._signal(message["data"])
             except (RedisError, OSError) as exc:
+                self._on_error()
                 logger.debug("redis subscription lost: %s", exc)
             await anyio.sleep(_RECONNECT_DELAY)
 
@@ -320,6 +325,7 @@ class RedisStore:
                         pipe.exists(_key(stream_id, "cancel"))
                     results = await pipe.execute()
             except (RedisError, OSError) as exc:
+                self._on_error()
                 logger.warning("redis: cannot renew leases: %s", exc)
                 continue
             for stream_id, cancelled in zip(stream_ids, results[1::2], strict=True):

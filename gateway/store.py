@@ -13,7 +13,7 @@ Redis `XREAD BLOCK` as much as of an in-memory wait.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -103,8 +103,10 @@ STORES: dict[str, str] = {
 }
 
 
-def create_store(settings: Settings) -> StreamStore:
+def create_store(settings: Settings, on_error: Callable[[], None] = lambda: None) -> StreamStore:
+    """The configured store; `on_error` is called for each failed backend operation
+    (the metrics count them)."""
     module_name, _, class_name = STORES[settings.streams.store].partition(":")
     store_class = getattr(importlib.import_module(module_name), class_name)
-    store: StreamStore = store_class(settings)
+    store: StreamStore = store_class(settings, on_error)
     return store

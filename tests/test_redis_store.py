@@ -141,6 +141,12 @@ def test_redis_down_gives_clear_errors_and_service_comes_back(client, simulator)
             ready = client.get(f"{url}/readyz")
             assert ready.status_code == 503
             assert ready.json()["error"]["code"] == "not_ready"
+            errors = [
+                line
+                for line in client.get(f"{url}/metrics").text.splitlines()
+                if line.startswith("gateway_redis_errors_total ")
+            ]
+            assert errors and float(errors[0].split()[1]) >= 2  # the create and the readyz
             redis_server.start()
             wait_until(lambda: client.get(f"{url}/readyz").status_code == 200, timeout=10)
             events = read_events(client, create(client, url, body["messages"][0]["content"]))
