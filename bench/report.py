@@ -1,4 +1,4 @@
-"""Render docs/performance.md from docs/performance.json (written by bench/run.py)."""
+"""Render the tables of docs/performance-results.md from docs/performance.json."""
 
 # ruff: noqa: RUF001  (the tables use the multiplication sign and en dashes on purpose)
 
@@ -61,9 +61,10 @@ def ratio(a: float | None, b: float | None) -> str:
 def render(document: dict) -> str:
     runs = document["runs"]
     lines = [
-        "# Performance",
+        "# Benchmark results",
         "",
-        "Measured by `make bench` (bench/run.py, rendered by bench/report.py). Every",
+        "Written by `make bench` (bench/run.py, rendered by bench/report.py); the",
+        "analysis is in [performance.md](performance.md). Every",
         "target is its own server process in front of the same simulator process; the",
         "load client (bench/client.py, aiohttp on uvloop) is a third process. Server CPU",
         "is the target process's user+system time from /proc; cells are the median of",

@@ -3,7 +3,8 @@
 Every target is a separate server process in front of the same simulator
 process; the load client is a third process. Server CPU comes from
 /proc/<pid>/stat, memory from /proc/<pid>/status. Results go to
-docs/performance.json and docs/performance.md.
+docs/performance.json and, as tables, docs/performance-results.md;
+docs/performance.md is the written analysis.
 """
 
 from __future__ import annotations
@@ -199,8 +200,9 @@ def main() -> None:
     }
     output = Path(args.output)
     output.write_text(json.dumps(document, indent=2))
-    output.with_suffix(".md").write_text(render(document))
-    print(f"wrote {output} and {output.with_suffix('.md')}")
+    tables = output.with_name(output.stem + "-results.md")
+    tables.write_text(render(document))
+    print(f"wrote {output} and {tables}")
 
 
 def brief(run: dict) -> str:
