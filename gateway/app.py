@@ -6,6 +6,7 @@ closed by the lifespan, which also owns the task group generations run in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
@@ -16,38 +17,50 @@ from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from gateway.auth import Authenticator, startup_warnings
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound, error_response
+from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.middleware import RequestMiddleware
+from gateway.openai_api import routes as openai_routes
 from gateway.relay import Relay
 from gateway.routes import Gateway, routes
+from gateway.routing import Router
 from gateway.simulator import Simulator
 from gateway.store import create_store
-from gateway.upstream import Upstream
 from gateway.web import DEFAULT_DIRECTORY, WebMount
 
 __all__ = ["create_app"]
+
+logger = logging.getLogger("gateway.app")
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     simulator = Simulator(settings.simulator) if settings.simulator.enabled else None
     metrics = Metrics(settings.metrics)
+    auth = Authenticator(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         store = create_store(settings, on_error=metrics.redis_errors.inc)
-        upstream = Upstream(settings.upstream, settings.upstream_base_url, metrics)
+        router = Router(settings, metrics)
+        limits = Limits(settings)
+        for warning in startup_warnings(settings):
+            logger.warning(warning)
         await store.open()
+        await limits.open()
         try:
             async with anyio.create_task_group() as tasks:
-                relay = Relay(settings, store, upstream, tasks, metrics)
-                gateway = Gateway(settings, store, relay, metrics)
+                relay = Relay(settings, store, router, tasks, metrics)
+                gateway = Gateway(settings, store, relay, metrics, router, auth, limits)
                 app.state.gateway = gateway  # for operators' tools and tests
                 tasks.start_soon(_drain_on_exit, gateway.relay, settings.server.drain_timeout)
                 async with _metrics_listener(metrics, settings):
@@ -55,10 +68,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await gateway.relay.drain(settings.server.drain_timeout)
                 tasks.cancel_scope.cancel()
         finally:
-            await upstream.aclose()
+            await router.aclose()
+            await limits.close()
             await store.close()
 
-    app_routes = routes()
+    app_routes = routes() + openai_routes()
     if settings.metrics.enabled and settings.metrics.port is None:
         app_routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
     if simulator is not None:
@@ -68,7 +82,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app_routes.append(WebMount(web))
     app = Starlette(
         routes=app_routes,
-        middleware=[Middleware(RequestMiddleware, metrics=metrics)],
+        middleware=[
+            Middleware(RequestMiddleware, metrics=metrics),
+            *_security_middleware(settings),
+        ],
         lifespan=lifespan,
         exception_handlers={
             GatewayError: _gateway_error,
@@ -79,6 +96,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.simulator = simulator
     return app
+
+
+def _security_middleware(settings: Settings) -> list[Middleware]:
+    """The client address from trusted proxies only (uvicorn's own handling is off in
+    `sse-gateway serve`), and CORS for the configured origins (preflight included)."""
+    middleware = [Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.server.trusted_proxies)]
+    cors = settings.cors
+    if cors.allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors.allowed_origins,
+                allow_credentials=cors.allow_credentials,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "X-Auth", "Content-Type", "Last-Event-ID"],
+                expose_headers=["Location", "Retry-After", "X-Request-ID", "X-Stream-ID"],
+                max_age=600,
+            )
+        )
+    return middleware
 
 
 async def _drain_on_exit(relay: Relay, timeout: float) -> None:

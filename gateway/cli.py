@@ -11,7 +11,7 @@ from typing import Any
 
 import uvicorn
 
-from gateway import logs
+from gateway import auth, logs
 from gateway.app import create_app
 from gateway.config import (
     CONFIG_ENV,
@@ -44,10 +44,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulate.add_argument("--tokens", type=int, default=SimulatorSettings().tokens)
     simulate.add_argument("--delay-ms", type=float, default=SimulatorSettings().token_delay * 1000)
 
+    hash_key = commands.add_parser(
+        "hash-key", help="print the digest of an API key, for auth.api_keys"
+    )
+    hash_key.add_argument("key", nargs="?", help="the key (default: one line from stdin)")
+
     for command in (serve, simulate):
         command.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
     args = parser.parse_args(argv)
+    if args.command == "hash-key":
+        key = args.key if args.key is not None else sys.stdin.readline().rstrip("\r\n")
+        if not key:
+            print("sse-gateway: give a key, or one line on stdin", file=sys.stderr)
+            return 2
+        print(auth.hash_key(key))
+        return 0
     if args.command == "simulate":
         logs.configure(LoggingSettings(), args.log_level)
         settings = SimulatorSettings(tokens=args.tokens, token_delay=args.delay_ms / 1000)
@@ -71,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1 and config.streams.store == "memory":
         print("sse-gateway: --workers needs streams.store: redis", file=sys.stderr)
         return 2
+    try:
+        auth.Authenticator(config)  # a JWT key file that cannot be used stops the start here
+    except ConfigError as exc:
+        print(f"sse-gateway: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
         create_app(config) if args.workers == 1 else _worker_factory(args.config, server),
         factory=args.workers > 1,
@@ -80,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         log_config=log_config,  # applied in worker processes too
         access_log=False,  # the gateway logs each request itself, with its request id
+        proxy_headers=False,  # the app trusts X-Forwarded-For from server.trusted_proxies only
         # Drain (ends streams at drain_timeout), then time to send their last event.
         timeout_graceful_shutdown=math.ceil(config.server.drain_timeout) + 3,
     )

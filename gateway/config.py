@@ -15,10 +15,18 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -38,6 +46,9 @@ class ServerSettings(_Section):
     port: int = Field(default=8000, ge=0, le=65535)
     #: On shutdown, how long running streams may finish before they are cut.
     drain_timeout: Seconds = Field(default=10.0, ge=0)
+    #: Peers (addresses or networks) whose `X-Forwarded-For` / `X-Forwarded-Proto` are
+    #: believed; the client address of anyone else is the connection's own.
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
 
 
 class UpstreamTimeouts(_Section):
@@ -63,6 +74,15 @@ class UpstreamSettings(_Section):
     #: Longest wait before a retry; a larger upstream Retry-After is not retried.
     max_retry_wait: Seconds = Field(default=10.0, ge=0)
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    #: Its label in logs and metrics; null: the host of `base_url` (`simulator` for null).
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class RouteUpstream(UpstreamSettings):
+    """One upstream of a route in `routes`: `model` is the name the upstream knows."""
+
+    #: In a route a failure moves on to the next upstream rather than retrying the same.
+    retries: int = Field(default=0, ge=0, le=10)
 
 
 class SSESettings(_Section):
@@ -100,7 +120,93 @@ class RedisSettings(_Section):
 class LimitSettings(_Section):
     max_body_bytes: int = Field(default=1_000_000, gt=0)
     max_messages: int = Field(default=256, gt=0)
+    #: Characters in one message's `content`.
+    max_message_chars: int = Field(default=200_000, gt=0)
     max_concurrent_streams: int = Field(default=1000, gt=0)
+    #: Per caller (see `auth`); null: no limit.
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    concurrent_streams_per_identity: int | None = Field(default=None, gt=0)
+    #: A larger `max_tokens` in a request is refused (422), not clamped; null: no limit.
+    max_tokens: int | None = Field(default=None, gt=0)
+    #: Models a request may name (the default `upstream.model` always works); null: any.
+    allowed_models: list[str] | None = None
+
+
+JWTAlgorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+]  # fmt: skip
+KeyDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True)]
+
+
+class JWTSettings(_Section):
+    """Used when `auth.mode` is `jwt`."""
+
+    #: The environment variable holding the HS256/384/512 secret.
+    secret_env: str = "SSE_GATEWAY_JWT_SECRET"
+    #: Filled from `secret_env` by `load_settings`.
+    secret: SecretStr | None = Field(default=None, exclude=True)
+    #: Either HMAC (`HS*`) or public-key algorithms, not both: a key is never tried
+    #: with an algorithm of the other family.
+    algorithms: list[JWTAlgorithm] = Field(default=["HS256"], min_length=1)
+    #: PEM public key for RS/PS/ES/EdDSA; or a JWKS file (keys picked by `kid`).
+    public_key_file: str | None = None
+    jwks_file: str | None = None
+    audience: str | None = None
+    issuer: str | None = None
+    #: Clock skew allowed on `exp` and `nbf`.
+    leeway: Seconds = Field(default=10.0, ge=0, le=300)
+
+    @property
+    def hmac(self) -> bool:
+        return self.algorithms[0].startswith("HS")
+
+    @model_validator(mode="after")
+    def _one_family(self) -> JWTSettings:
+        if len({alg.startswith("HS") for alg in self.algorithms}) > 1:
+            raise ValueError("algorithms: list HMAC (HS*) or public-key algorithms, not both")
+        if self.secret is not None and len(self.secret.get_secret_value().encode()) < 32:
+            raise ValueError("jwt.secret: at least 32 bytes, or it can be guessed")
+        return self
+
+
+class AuthSettings(_Section):
+    #: `none` (the caller is its address), `api_key` or `jwt`; see docs/security.md.
+    mode: Literal["none", "api_key", "jwt"] = "none"
+    #: SHA-256 hex digests of the accepted keys (`sse-gateway hash-key KEY`).
+    api_keys: list[KeyDigest] = []
+    jwt: JWTSettings = JWTSettings()
+    #: Life of the token in an `events_url` (reconnects must happen within it).
+    stream_token_ttl: Seconds = Field(default=600.0, gt=0)
+    #: The environment variable holding the key that signs events URL tokens; every
+    #: instance behind one load balancer needs the same. Unset: a random key per process.
+    token_secret_env: str = "SSE_GATEWAY_TOKEN_SECRET"
+    token_secret: SecretStr | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _usable(self) -> AuthSettings:
+        if self.mode == "api_key" and not self.api_keys:
+            raise ValueError("api_keys: mode api_key needs at least one key digest")
+        if self.mode == "jwt" and self.jwt.hmac and self.jwt.secret is None:
+            raise ValueError(f"jwt: HS algorithms need the secret in ${self.jwt.secret_env}")
+        keys = self.jwt.public_key_file or self.jwt.jwks_file
+        if self.mode == "jwt" and not self.jwt.hmac and not keys:
+            raise ValueError("jwt: public-key algorithms need public_key_file or jwks_file")
+        return self
+
+
+class CORSSettings(_Section):
+    #: Origins (`https://app.example`) whose pages may call the gateway; `*` for any.
+    #: Empty: same-origin only.
+    allowed_origins: list[str] = []
+    #: Let those pages send cookies or HTTP auth (never with `*`).
+    allow_credentials: bool = False
+
+    @model_validator(mode="after")
+    def _no_wildcard_credentials(self) -> CORSSettings:
+        if self.allow_credentials and "*" in self.allowed_origins:
+            raise ValueError("allow_credentials cannot be used with the origin '*'")
+        return self
 
 
 class SimulatorSettings(_Section):
@@ -133,6 +239,8 @@ class MetricsSettings(_Section):
 class LoggingSettings(_Section):
     #: `console`: readable lines; `json`: one JSON object per line.
     format: Literal["console", "json"] = "console"
+    #: Log each stream's prompt and completion (in its `stream finished` line).
+    content: bool = False
 
 
 class Settings(_Section):
@@ -142,16 +250,24 @@ class Settings(_Section):
     streams: StreamSettings = StreamSettings()
     redis: RedisSettings = RedisSettings()
     limits: LimitSettings = LimitSettings()
+    auth: AuthSettings = AuthSettings()
+    cors: CORSSettings = CORSSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     web: WebSettings = WebSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
+    #: Model name clients ask for -> the upstreams that serve it, tried in order.
+    routes: dict[str, list[RouteUpstream]] = {}
 
     @property
     def upstream_base_url(self) -> str:
         """The upstream to call: the configured one, or this process's simulator."""
-        if self.upstream.base_url:
-            return self.upstream.base_url
+        return self.base_url_of(self.upstream)
+
+    def base_url_of(self, upstream: UpstreamSettings) -> str:
+        """`upstream.base_url`, or this process's simulator when it is null."""
+        if upstream.base_url:
+            return upstream.base_url
         host = self.server.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
@@ -186,6 +302,13 @@ def load_settings(
             "upstream.api_key: secrets are not read from files; "
             "put the key in the environment variable named by upstream.api_key_env"
         )
+    for secret in _AUTH_SECRETS:
+        if _get(data, secret) is not None:
+            where = ".".join(secret)
+            raise ConfigError(
+                f"{where}: secrets are not read from files; "
+                f"put it in the environment variable named by {where}_env"
+            )
     sources: dict[tuple[str, ...], str] = {}
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
@@ -196,13 +319,64 @@ def load_settings(
     upstream = data.setdefault("upstream", {})
     if not isinstance(upstream, dict):
         raise ConfigError("upstream: must be a mapping of keys")
-    key_env = str(upstream.get("api_key_env", UpstreamSettings().api_key_env))
-    if upstream.get("api_key") is None and env.get(key_env):
-        upstream["api_key"] = env[key_env]
+    _fill_api_key(upstream, env)
+    routes: dict[str, Any] = data["routes"] if isinstance(data.get("routes"), dict) else {}
+    for name, targets in list(routes.items()):
+        if not isinstance(targets, list):
+            continue  # validation names the problem
+        copies = [dict(target) if isinstance(target, dict) else target for target in targets]
+        routes[name] = copies  # never fill keys into the caller's overrides
+        for target in copies:
+            if isinstance(target, dict):
+                if "api_key" in target:
+                    raise ConfigError(
+                        f"routes.{name}: secrets are not read from files; "
+                        "name the environment variable with api_key_env"
+                    )
+                _fill_api_key(target, env)
+    _fill_auth_secrets(data, env)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, sources)) from None
+
+
+def _fill_api_key(upstream: dict[str, Any], env: Mapping[str, str]) -> None:
+    """The key from the environment variable that `api_key_env` names."""
+    key_env = str(upstream.get("api_key_env", UpstreamSettings().api_key_env))
+    if upstream.get("api_key") is None and env.get(key_env):
+        upstream["api_key"] = env[key_env]
+
+
+#: Auth secrets, each read from the environment variable its `<key>_env` names.
+_AUTH_SECRETS: dict[tuple[str, ...], str] = {
+    ("auth", "token_secret"): AuthSettings().token_secret_env,
+    ("auth", "jwt", "secret"): JWTSettings().secret_env,
+}
+
+
+def _fill_auth_secrets(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for path, default_env in _AUTH_SECRETS.items():
+        section: Any = data
+        for name in path[:-1]:
+            if isinstance(section, dict):  # copies: never fill the caller's overrides
+                child = section.get(name, {})
+                section[name] = dict(child) if isinstance(child, Mapping) else child
+                section = section[name]
+        if isinstance(section, dict):  # else validation names the key
+            key = path[-1]
+            variable = str(section.get(f"{key}_env", default_env))
+            if section.get(key) is None and env.get(variable):
+                section[key] = env[variable]
+
+
+def _get(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = data
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
 
 
 def _read_file(path: Path, *, required: bool) -> dict[str, Any]:

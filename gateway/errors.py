@@ -2,11 +2,17 @@
 
     GatewayError                    status  code                    retryable
      ├── InvalidJSON                 400    invalid_json
+     ├── ModelNotAllowed             400    model_not_allowed
+     ├── Unauthorized                401    unauthorized             (with WWW-Authenticate)
+     ├── Forbidden                   403    forbidden
      ├── NotFound                    404    not_found
+     │    └── ModelNotFound          404    model_not_found
      ├── MethodNotAllowed            405    method_not_allowed
      ├── BodyTooLarge                413    body_too_large
      ├── UnsupportedMediaType        415    unsupported_media_type
      ├── InvalidRequest              422    invalid_request
+     ├── RateLimited                 429    rate_limited             yes
+     ├── TooManyStreams              429    too_many_streams         yes
      ├── OverCapacity                503    over_capacity            yes
      ├── ResumeUnavailable           409    resume_unavailable
      ├── Cancelled                   409    cancelled
@@ -27,6 +33,9 @@ Before a response starts an error is sent as its status with
 `{"error": {"code", "message"}}`; after, as an SSE `error` event whose data is
 `{"code", "message", "retryable"}` (plus `retry_after` when known).
 `from_upstream` is the one place that translates `openai` exceptions.
+The OpenAI-compatible endpoints answer the same errors in OpenAI's shape
+(`openai_response`, `openai_event`), so the `openai` SDK raises the exception
+it would raise for OpenAI itself.
 """
 
 from __future__ import annotations
@@ -44,17 +53,23 @@ from starlette.responses import JSONResponse
 __all__ = [
     "BodyTooLarge",
     "Cancelled",
+    "Forbidden",
     "GatewayError",
     "GenerationLost",
     "Internal",
     "InvalidJSON",
     "InvalidRequest",
     "MethodNotAllowed",
+    "ModelNotAllowed",
+    "ModelNotFound",
     "NotFound",
     "OverCapacity",
+    "RateLimited",
     "ResumeUnavailable",
     "Shutdown",
     "StoreUnavailable",
+    "TooManyStreams",
+    "Unauthorized",
     "UnsupportedMediaType",
     "UpstreamAuth",
     "UpstreamBadRequest",
@@ -67,6 +82,8 @@ __all__ = [
     "error_response",
     "from_event_data",
     "from_upstream",
+    "openai_event",
+    "openai_response",
 ]
 
 
@@ -109,8 +126,40 @@ class InvalidJSON(GatewayError):
     status, code, default_message = 400, "invalid_json", "The body is not valid JSON."
 
 
+class ModelNotAllowed(GatewayError):
+    status, code, default_message = 400, "model_not_allowed", "That model is not available."
+
+
+class Unauthorized(GatewayError):
+    """Missing, wrong, expired or forged credentials; the message never says which."""
+
+    status, code, default_message = 401, "unauthorized", "Authentication required."
+
+    def __init__(
+        self, message: str | None = None, *, invalid: bool = False, retry_after: float | None = None
+    ) -> None:
+        default = "Invalid credentials." if invalid else None
+        super().__init__(message or default, retry_after=retry_after)
+        self.invalid = invalid
+
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer realm="sse-gateway"'
+        if self.invalid:
+            challenge += ', error="invalid_token"'
+        return {**super().headers(), "WWW-Authenticate": challenge}
+
+
+class Forbidden(GatewayError):
+    status, code, default_message = 403, "forbidden", "Not allowed."
+
+
 class NotFound(GatewayError):
     status, code, default_message = 404, "not_found", "Not found."
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+    default_message = "The model does not exist or is not routed by this gateway."
 
 
 class MethodNotAllowed(GatewayError):
@@ -128,6 +177,16 @@ class UnsupportedMediaType(GatewayError):
 
 class InvalidRequest(GatewayError):
     status, code, default_message = 422, "invalid_request", "The request is invalid."
+
+
+class RateLimited(GatewayError):
+    status, code, retryable = 429, "rate_limited", True
+    default_message = "Too many requests; try again later."
+
+
+class TooManyStreams(GatewayError):
+    status, code, retryable = 429, "too_many_streams", True
+    default_message = "Too many streams running for this caller; wait for one to end."
 
 
 class OverCapacity(GatewayError):
@@ -268,6 +327,35 @@ def _retry_after(headers: Any) -> float | None:
 def error_response(exc: GatewayError) -> JSONResponse:
     """The answer to an error raised before a response started."""
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+def _openai_error(exc: GatewayError) -> tuple[int, dict[str, Any]]:
+    """OpenAI's status and `{"error": {"message", "type", "param", "code"}}` for `exc`.
+
+    OpenAI answers an invalid field with 400, where the stream protocol says 422.
+    """
+    status = 400 if isinstance(exc, InvalidRequest) else exc.status
+    if status == 429:
+        kind = "rate_limit_error"
+    elif status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    param = "model" if isinstance(exc, ModelNotFound) else None
+    error = {"message": exc.message, "type": kind, "param": param, "code": exc.code}
+    return status, {"error": error}
+
+
+def openai_response(exc: GatewayError) -> JSONResponse:
+    """An error of the OpenAI-compatible endpoints, before a response started."""
+    status, body = _openai_error(exc)
+    return JSONResponse(body, status_code=status, headers=exc.headers())
+
+
+def openai_event(exc: GatewayError) -> bytes:
+    """The `data: {"error": ...}` chunk that ends a chat completion stream: the SDK
+    raises `openai.APIError` on it instead of returning a short answer."""
+    return b"data: " + json.dumps(_openai_error(exc)[1]).encode() + b"\n\n"
 
 
 def from_event_data(data: str) -> GatewayError:

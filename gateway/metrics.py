@@ -119,6 +119,13 @@ class Metrics:
         self.upstream_retries = Counter(
             "gateway_upstream_retries", "Upstream requests that were retries.", registry=registry
         )
+        self.routed = Counter(
+            "gateway_routed_streams",
+            "Answers by requested model, the upstream that served them (none: every "
+            "upstream of the route failed before the first token) and outcome.",
+            ["model", "upstream", "outcome"],
+            registry=registry,
+        )
         self.upstream_request_duration = histogram(
             "gateway_upstream_request_duration_seconds",
             "Upstream requests from sending to the end of the answer.",

@@ -8,9 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 
 from gateway.config import LimitSettings
-from gateway.errors import BodyTooLarge, InvalidJSON, InvalidRequest, UnsupportedMediaType
+from gateway.errors import (
+    BodyTooLarge,
+    InvalidJSON,
+    InvalidRequest,
+    ModelNotAllowed,
+    UnsupportedMediaType,
+)
 
-__all__ = ["ChatMessage", "ChatRequest", "LegacyRequest", "read_payload"]
+__all__ = ["ChatMessage", "ChatRequest", "LegacyRequest", "check_limits", "read_payload"]
 
 
 class _Payload(BaseModel):
@@ -56,11 +62,15 @@ class LegacyRequest(_Payload):
         )
 
 
-Payload = TypeVar("Payload", bound=_Payload)
+Payload = TypeVar("Payload", bound=BaseModel)
 
 
 async def read_payload(request: Request, model: type[Payload], limits: LimitSettings) -> Payload:
-    """Check the content type, read at most `max_body_bytes`, then validate."""
+    """Check the content type, read at most `max_body_bytes`, then validate, and apply
+    `limits` (message count and length, `max_tokens`, `allowed_models`).
+
+    The JSON parser refuses invalid UTF-8, lone surrogates and nesting deeper than
+    200 levels (400 `invalid_json`), before any model is built."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType()
@@ -79,7 +89,26 @@ async def read_payload(request: Request, model: type[Payload], limits: LimitSett
     messages = getattr(payload, "messages", None) or ()
     if len(messages) > limits.max_messages:
         raise InvalidRequest(f"messages: at most {limits.max_messages} messages are allowed.")
+    check_limits(payload, limits)
     return payload
+
+
+def check_limits(payload: BaseModel, limits: LimitSettings) -> None:
+    """The operator's limits on a valid request; `read_payload` applies them."""
+    for index, message in enumerate(getattr(payload, "messages", None) or ()):
+        content = getattr(message, "content", None)
+        if isinstance(content, str) and len(content) > limits.max_message_chars:
+            raise InvalidRequest(
+                f"messages.{index}.content: at most {limits.max_message_chars} characters."
+            )
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = getattr(payload, field, None)
+        if limits.max_tokens is not None and value is not None and value > limits.max_tokens:
+            raise InvalidRequest(f"{field}: at most {limits.max_tokens}.")
+    model = getattr(payload, "model", None)
+    allowed = limits.allowed_models
+    if allowed is not None and model is not None and model not in allowed:
+        raise ModelNotAllowed()
 
 
 def _translate(exc: ValidationError) -> InvalidJSON | InvalidRequest:

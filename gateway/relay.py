@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import anyio
 from anyio.abc import TaskGroup
@@ -29,10 +30,12 @@ from gateway import logs
 from gateway.coalesce import Coalescer
 from gateway.config import Settings
 from gateway.errors import Cancelled, GatewayError, Internal, OverCapacity, Shutdown
+from gateway.limits import Slot
 from gateway.metrics import Metrics, StreamMeter
 from gateway.payloads import ChatRequest
+from gateway.routing import Router
 from gateway.store import StreamStore
-from gateway.upstream import Finish, Upstream
+from gateway.upstream import Finish
 
 __all__ = ["Relay"]
 
@@ -46,7 +49,7 @@ class Relay:
         self,
         settings: Settings,
         store: StreamStore,
-        upstream: Upstream,
+        upstream: Router,
         tasks: TaskGroup,
         metrics: Metrics,
     ) -> None:
@@ -62,6 +65,8 @@ class Relay:
         self._idle = anyio.Event()
         self._idle.set()
         self._draining = False
+        #: The callers' concurrency slots of running generations, by stream id.
+        self._slots: dict[str, Slot] = {}
         #: One cancel scope per running generation, for `drain` to cut.
         self._running: set[anyio.CancelScope] = set()
 
@@ -76,24 +81,62 @@ class Relay:
         """Generations running now."""
         return self._active
 
-    async def start(self, chat: ChatRequest) -> str:
-        """Create a stream and start generating into it; returns the new stream id."""
-        if self.draining:
-            raise Shutdown(retry_after=1)
-        if self._active >= self._settings.limits.max_concurrent_streams:
-            raise OverCapacity(retry_after=1)
-        stream_id = secrets.token_urlsafe(24)
+    async def start(
+        self, chat: ChatRequest, *, stream_id: str | None = None, slot: Slot | None = None
+    ) -> str:
+        """Create a stream and start generating into it; returns the new stream id.
+
+        `stream_id` is a random one unless given; `slot` (the caller's concurrency
+        slot, see `limits`) is released when the generation ends, just before its
+        terminal event. If this raises, the slot is still the caller's to release.
+        """
+        self._admit()
+        self._upstream.check(chat.model)
+        stream_id = stream_id or secrets.token_urlsafe(24)
         await self._store.create(stream_id)
-        self._active += 1
-        if self._active == 1:
-            self._idle = anyio.Event()
-        meter = self._metrics.stream_started()
+        if slot is not None:
+            self._slots[stream_id] = slot
+        meter = self._begin()
         logs.stream_id.set(stream_id)  # for the request's own log lines
         request_id = logs.request_id.get()
         self._tasks.start_soon(
             self._run, stream_id, chat, meter, request_id, name=f"stream {stream_id}"
         )
         return stream_id
+
+    @contextmanager
+    def generation(self) -> Iterator[StreamMeter]:
+        """A generation that runs in the caller's task instead (the OpenAI front door):
+        refused and counted like the others, and cut by `drain` (it then raises
+        cancellation). The caller finishes the meter."""
+        self._admit()
+        meter = self._begin()
+        try:
+            with anyio.CancelScope() as scope:
+                self._running.add(scope)
+                try:
+                    yield meter
+                finally:
+                    self._running.discard(scope)
+        finally:
+            self._end()
+
+    def _admit(self) -> None:
+        if self.draining:
+            raise Shutdown(retry_after=1)
+        if self._active >= self._settings.limits.max_concurrent_streams:
+            raise OverCapacity(retry_after=1)
+
+    def _begin(self) -> StreamMeter:
+        self._active += 1
+        if self._active == 1:
+            self._idle = anyio.Event()
+        return self._metrics.stream_started()
+
+    def _end(self) -> None:
+        self._active -= 1
+        if not self._active:
+            self._idle.set()
 
     async def drain(self, timeout: float) -> None:
         """Refuse new streams, wait up to `timeout` seconds for running generations to
@@ -125,8 +168,12 @@ class Relay:
         window = self._settings.sse.coalesce_ms / 1000
         coalescer = Coalescer(append_token, window) if window else None
 
+        completion: list[str] | None = [] if self._settings.logging.content else None
+
         async def on_token(text: str) -> None:
             meter.token()
+            if completion is not None:
+                completion.append(text)
             await (coalescer.add(text) if coalescer else append_token(text))
 
         contenders: list[Callable[[], Awaitable[Outcome]]] = [
@@ -146,10 +193,11 @@ class Relay:
             with anyio.CancelScope(shield=True):
                 if coalescer:
                     await coalescer.flush()
+                slot = self._slots.pop(stream_id, None)
+                if slot is not None:  # free before readers see the end, so they may start anew
+                    await slot.release()
                 await self._finish(stream_id, outcome)
-            self._active -= 1
-            if not self._active:
-                self._idle.set()
+            self._end()
             outcome_name = self._outcome_name(outcome)
             meter.finish(outcome_name)
             logger.info(
@@ -159,6 +207,7 @@ class Relay:
                     "duration": round(meter.duration, 6),
                     "tokens": meter.tokens,
                     "ttft": None if meter.first_token is None else round(meter.first_token, 6),
+                    **_content(chat, completion),
                 },
             )
 
@@ -216,3 +265,11 @@ class Relay:
             await self._store.append(stream_id, event, data)
         except Exception:
             logger.exception("cannot store the terminal event of stream %s", stream_id)
+
+
+def _content(chat: ChatRequest, completion: list[str] | None) -> dict[str, str]:
+    """The prompt and the answer, for the log line, when `logging.content` is on."""
+    if completion is None:
+        return {}
+    prompt = json.dumps([message.model_dump() for message in chat.messages], ensure_ascii=False)
+    return {"prompt": prompt, "completion": "".join(completion)}

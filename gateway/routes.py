@@ -11,13 +11,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.auth import Authenticator, Identity, authenticate
 from gateway.config import Settings
 from gateway.errors import NotFound, ResumeUnavailable
 from gateway.events import parse_last_event_id
+from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.payloads import ChatRequest, LegacyRequest, read_payload
 from gateway.relay import Relay
 from gateway.responses import StreamResponse, sse_error_response
+from gateway.routing import Router
 from gateway.store import StreamStore
 
 __all__ = ["Gateway", "routes"]
@@ -31,6 +34,9 @@ class Gateway:
     store: StreamStore
     relay: Relay
     metrics: Metrics
+    router: Router
+    auth: Authenticator
+    limits: Limits
 
 
 def _gateway(request: Request) -> Gateway:
@@ -40,19 +46,32 @@ def _gateway(request: Request) -> Gateway:
 
 async def create_stream(request: Request) -> Response:
     gateway = _gateway(request)
+    identity = await authenticate(request)
+    await gateway.limits.check_rate(identity)
     chat = await read_payload(request, ChatRequest, gateway.settings.limits)
-    stream_id = await gateway.relay.start(chat)
-    events_url = f"/v1/streams/{stream_id}/events"
+    stream_id = await _start(gateway, identity, chat)
     return JSONResponse(
-        {"id": stream_id, "events_url": events_url},
+        {"id": stream_id, "events_url": gateway.auth.events_url(stream_id)},
         status_code=201,
-        headers={"Location": events_url},
+        headers={"Location": f"/v1/streams/{stream_id}/events"},  # no token: headers get logged
     )
+
+
+async def _start(gateway: Gateway, identity: Identity, chat: ChatRequest) -> str:
+    """Start a generation in one of the caller's stream slots (freed when it ends)."""
+    slot = await gateway.limits.acquire(identity)
+    try:
+        stream_id = gateway.auth.new_stream_id(identity)
+        return await gateway.relay.start(chat, stream_id=stream_id, slot=slot)
+    except BaseException:
+        await slot.release()
+        raise
 
 
 async def stream_events(request: Request) -> Response | StreamResponse:
     gateway = _gateway(request)
     stream_id = request.path_params["stream_id"]
+    gateway.auth.check_reader(request, stream_id)
     info = await gateway.store.info(stream_id)
     if info is None:
         raise NotFound("No such stream.")
@@ -73,7 +92,9 @@ async def stream_events(request: Request) -> Response | StreamResponse:
 
 
 async def delete_stream(request: Request) -> Response:
-    if not await _gateway(request).store.cancel(request.path_params["stream_id"]):
+    gateway, stream_id = _gateway(request), request.path_params["stream_id"]
+    gateway.auth.check_owner(request, stream_id)
+    if not await gateway.store.cancel(stream_id):
         raise NotFound("No such stream.")
     return Response(status_code=204)
 
@@ -81,8 +102,10 @@ async def delete_stream(request: Request) -> Response:
 async def api_stream(request: Request) -> StreamResponse:
     """The seed's contract: raw text, or SSE when the client accepts it."""
     gateway = _gateway(request)
+    identity = await authenticate(request)
+    await gateway.limits.check_rate(identity)
     payload = await read_payload(request, LegacyRequest, gateway.settings.limits)
-    stream_id = await gateway.relay.start(payload.to_chat())
+    stream_id = await _start(gateway, identity, payload.to_chat())
     wants_sse = "text/event-stream" in request.headers.get("accept", "")
     return StreamResponse(
         gateway.store,

@@ -14,6 +14,8 @@ gateway) or in an `X-Simulator` header; both hold `key=value` pairs:
     echo=1           answer with the last user message itself (minus the directive)
     chunk=N          characters per token when echoing (default 3)
     size=N           characters per generated token (volume tests)
+    tools=1          call a tool instead of answering: the answer text becomes
+                     the call's `{"text": ...}` arguments, streamed in pieces
     status=N         fail before streaming with HTTP N (400, 401, 429, 500, ...)
     retry_after=S    the Retry-After of a 429 (default 1)
     times=N, key=K   fail with `status` only the first N requests that carry key K
@@ -84,6 +86,7 @@ class Scenario:
     tokens: int
     delay: float
     echo: bool = False
+    tools: bool = False
     chunk: int = 3
     size: int | None = None
     status: int | None = None
@@ -107,8 +110,8 @@ class Scenario:
     def _set(self, name: str, value: str) -> None:
         if name == "delay_ms":
             self.delay = float(value) / 1000
-        elif name == "echo":
-            self.echo = value not in ("0", "false")
+        elif name in ("echo", "tools"):
+            setattr(self, name, value not in ("0", "false"))
         elif name == "fault":
             if value not in ("drop", "stall", "malformed", "no_finish", "eof"):
                 raise ValueError(value)
@@ -173,11 +176,14 @@ class Simulator:
         tokens = text if limit is None else text[: int(limit)]
         finish = "length" if len(tokens) < len(text) else "stop"
         model = str(body["model"])
+        call = _tool_call(body, record) if record.scenario.tools else None
+        if call is not None and finish == "stop":
+            finish = "tool_calls"
         if not record.stream:
             record.tokens_sent, record.outcome = len(tokens), "completed"
-            return JSONResponse(_completion(model, "".join(tokens), finish, record))
+            return JSONResponse(_completion(model, "".join(tokens), finish, record, call))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return _StreamingAnswer(record, model, tokens, finish, include_usage)
+        return _StreamingAnswer(record, model, tokens, finish, include_usage, call)
 
     def _record(self, body: Any, header: str) -> SimRequest:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -233,6 +239,15 @@ def _answer(prompt: str, scenario: Scenario) -> list[str]:
     return tokens
 
 
+def _tool_call(body: dict[str, Any], record: SimRequest) -> dict[str, str]:
+    """The id and function name of the call `tools=1` makes: the first tool offered."""
+    tools = body.get("tools") or []
+    function = tools[0].get("function") if tools and isinstance(tools[0], dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    digest = hashlib.sha256(record.prompt.encode()).hexdigest()[:24]
+    return {"id": f"call_{digest}", "name": name if isinstance(name, str) else "answer"}
+
+
 def _usage(record: SimRequest) -> dict[str, int]:
     prompt_tokens = len(record.prompt.split())
     return {
@@ -242,7 +257,15 @@ def _usage(record: SimRequest) -> dict[str, int]:
     }
 
 
-def _completion(model: str, content: str, finish: str, record: SimRequest) -> dict[str, Any]:
+def _completion(
+    model: str, content: str, finish: str, record: SimRequest, call: dict[str, str] | None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if call is not None:
+        arguments = json.dumps({"text": content})
+        function = {"name": call["name"], "arguments": arguments}
+        message["content"] = None
+        message["tool_calls"] = [{"id": call["id"], "type": "function", "function": function}]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -251,7 +274,7 @@ def _completion(model: str, content: str, finish: str, record: SimRequest) -> di
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish,
             }
@@ -264,9 +287,16 @@ class _StreamingAnswer:
     """The streamed answer, written as raw ASGI so faults can cut the connection."""
 
     def __init__(
-        self, record: SimRequest, model: str, tokens: list[str], finish: str, include_usage: bool
+        self,
+        record: SimRequest,
+        model: str,
+        tokens: list[str],
+        finish: str,
+        include_usage: bool,
+        call: dict[str, str] | None,
     ) -> None:
         self.record = record
+        self.call = call
         self.tokens = tokens
         self.finish = finish
         self.include_usage = include_usage
@@ -286,6 +316,22 @@ class _StreamingAnswer:
             f'"finish_reason": {json.dumps(finish)}}}'
         )
         return f"data: {self._head}{choice}{self._tail}\n\n".encode()
+
+    def _delta(self, index: int, token: str) -> str:
+        """A content delta, or with `tools=1` a piece of the call's arguments (the
+        first piece also names the call, the last closes the JSON)."""
+        if self.call is None:
+            return json.dumps({"content": token})
+        arguments = json.dumps(token)[1:-1]
+        if index == 0:
+            arguments = '{"text": "' + arguments
+        if index == len(self.tokens) - 1:
+            arguments += '"}'
+        call: dict[str, Any] = {"index": 0, "function": {"arguments": arguments}}
+        if index == 0:
+            call = {"index": 0, "id": self.call["id"], "type": "function"}
+            call["function"] = {"name": self.call["name"], "arguments": arguments}
+        return json.dumps({"tool_calls": [call]})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -324,7 +370,7 @@ class _StreamingAnswer:
                 break
             if scenario.delay:
                 await anyio.sleep(scenario.delay)
-            await body(self._chunk(json.dumps({"content": token})))
+            await body(self._chunk(self._delta(index, token)))
             record.tokens_sent += 1
         else:
             if scenario.fault is None:

@@ -14,6 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -102,6 +103,8 @@ class Upstream:
     def __init__(self, settings: UpstreamSettings, base_url: str, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
+        default_name = urlsplit(base_url).netloc if settings.base_url else "simulator"
+        self._name = settings.name or default_name
         timeouts = settings.timeouts
         api_key = settings.api_key.get_secret_value() if settings.api_key else "unset"
         timeout = httpx2.Timeout(
@@ -122,12 +125,32 @@ class Upstream:
     async def aclose(self) -> None:
         await self._client.close()
 
+    @property
+    def name(self) -> str:
+        """This upstream's label in logs and metrics."""
+        return self._name
+
     async def complete(self, chat: ChatRequest, on_token: OnToken) -> Finish:
         """Stream one answer, handing each content delta to `on_token`.
 
         Raises a `GatewayError` subclass; retries those that are retryable
         while no token has been handed on yet.
         """
+        return await self._complete(self._arguments(chat), on_token, raw=False)
+
+    async def relay(self, arguments: dict[str, Any], on_chunk: OnToken) -> Finish:
+        """Stream one answer for the OpenAI front door: `on_chunk` gets the JSON of every
+        chunk as the upstream sent it (tool calls, usage and all), from the first chunk
+        with output on, preceded by the ones held back before it (the role chunk), so a
+        failed attempt leaves nothing behind. `arguments` are the request's, without
+        `model` (this upstream's own is used)."""
+        arguments = {**arguments, "model": self._settings.model}
+        request_id = logs.request_id.get()
+        if request_id is not None:
+            arguments["extra_headers"] = {"X-Request-ID": request_id}
+        return await self._complete(arguments, on_chunk, raw=True)
+
+    async def _complete(self, arguments: dict[str, Any], forward: OnToken, *, raw: bool) -> Finish:
         settings = self._settings
         deadline = anyio.current_time() + settings.timeouts.total
         relayed = False
@@ -137,12 +160,12 @@ class Upstream:
             if not relayed:
                 measured.token()
             relayed = True
-            await on_token(text)
+            await forward(text)
 
         for attempt in range(settings.retries + 1):
             try:
                 with self._metrics.upstream_request(retry=attempt > 0) as measured:
-                    return await self._attempt(chat, relay, deadline, measured)
+                    return await self._attempt(arguments, relay, deadline, measured, raw)
             except GatewayError as exc:
                 delay = self._retry_delay(exc, attempt, deadline)
                 if relayed or delay is None:
@@ -164,20 +187,27 @@ class Upstream:
         return delay
 
     async def _attempt(
-        self, chat: ChatRequest, on_token: OnToken, deadline: float, measured: UpstreamRequest
+        self,
+        arguments: dict[str, Any],
+        forward: OnToken,
+        deadline: float,
+        measured: UpstreamRequest,
+        raw: bool,
     ) -> Finish:
         """One request. The body is read as raw SSE lines: building an SDK model
-        per chunk costs more CPU than everything else the gateway does per token."""
+        per chunk costs more CPU than everything else the gateway does per token.
+        `forward` gets content deltas, or with `raw` the chunks themselves."""
         timeouts = self._settings.timeouts
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
         response: AsyncAPIResponse[Any] | None = None
         done = False
+        held: list[str] = []  # raw: chunks before the first output
         with anyio.CancelScope() as scope:
             watchdog = _Watchdog(scope, timeouts.first_token, timeouts.idle, deadline)
             try:
                 request = self._client.chat.completions.with_streaming_response.create(
-                    **self._arguments(chat), stream=True
+                    **arguments, stream=True
                 )
                 response = await request.__aenter__()
                 measured.status = response.status_code
@@ -200,8 +230,17 @@ class Upstream:
                         usage = chunk_usage
                     if finish:
                         finish_reason = finish
-                    if content:
-                        await on_token(content)
+                    if raw:
+                        if not (watchdog.started or content or _calls_tool(payload)):
+                            held.append(payload)
+                            continue
+                        for early in held:
+                            await forward(early)
+                        held.clear()
+                        await forward(payload)
+                        watchdog.touch()
+                    elif content:
+                        await forward(content)
                         watchdog.touch()
                     elif watchdog.started:
                         watchdog.touch()
@@ -220,11 +259,13 @@ class Upstream:
             )
         if finish_reason is None:
             raise UpstreamIncomplete()
+        for early in held:  # an answer without output: a role and a finish chunk
+            await forward(early)
         return Finish(finish_reason, usage)
 
     def _arguments(self, chat: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
-            "model": chat.model or self._settings.model,
+            "model": self._settings.model,
             "messages": [message.model_dump() for message in chat.messages],
             "stream_options": {"include_usage": True},
         }
@@ -236,6 +277,16 @@ class Upstream:
         if chat.max_tokens is not None:
             arguments["max_tokens"] = chat.max_tokens
         return arguments
+
+
+def _calls_tool(payload: str) -> bool:
+    """Whether a chunk without content starts a tool call (output, like a token).
+    Parsed again only for the few chunks before the first output."""
+    try:
+        choices = json.loads(payload).get("choices") or ()
+        return any((choice.get("delta") or {}).get("tool_calls") for choice in choices)
+    except (ValueError, AttributeError, TypeError):
+        return False
 
 
 def parse_chunk(payload: str) -> tuple[str | None, str | None, dict[str, Any] | None]:

@@ -41,7 +41,8 @@ def run_server(app: ASGIApp, sock: socket.socket | None = None) -> Iterator[str]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none")
+    # As `sse-gateway serve` does: the app reads X-Forwarded-For (server.trusted_proxies).
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none", proxy_headers=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

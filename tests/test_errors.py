@@ -14,17 +14,23 @@ from gateway import errors
 from gateway.errors import (
     BodyTooLarge,
     Cancelled,
+    Forbidden,
     GatewayError,
     GenerationLost,
     Internal,
     InvalidJSON,
     InvalidRequest,
     MethodNotAllowed,
+    ModelNotAllowed,
+    ModelNotFound,
     NotFound,
     OverCapacity,
+    RateLimited,
     ResumeUnavailable,
     Shutdown,
     StoreUnavailable,
+    TooManyStreams,
+    Unauthorized,
     UnsupportedMediaType,
     UpstreamAuth,
     UpstreamBadRequest,
@@ -44,7 +50,13 @@ REQUEST = httpx2.Request("POST", "http://x")
 # class, HTTP status, SSE code, retryable: the table in the errors.py docstring.
 TABLE = [
     (InvalidJSON, 400, "invalid_json", False),
+    (ModelNotAllowed, 400, "model_not_allowed", False),
+    (Unauthorized, 401, "unauthorized", False),
+    (Forbidden, 403, "forbidden", False),
+    (RateLimited, 429, "rate_limited", True),
+    (TooManyStreams, 429, "too_many_streams", True),
     (NotFound, 404, "not_found", False),
+    (ModelNotFound, 404, "model_not_found", False),
     (MethodNotAllowed, 405, "method_not_allowed", False),
     (BodyTooLarge, 413, "body_too_large", False),
     (UnsupportedMediaType, 415, "unsupported_media_type", False),
@@ -72,6 +84,8 @@ RETRYABLE = {
     "upstream_error",
     "upstream_incomplete",
     "over_capacity",
+    "rate_limited",
+    "too_many_streams",
     "shutdown",
     "store_unavailable",
     "generation_lost",
@@ -109,7 +123,8 @@ def test_table(cls, status, code, retryable):
     assert error.message
     assert str(error) == error.message
     assert error.retry_after is None
-    assert error.headers() == {}
+    challenge = {"WWW-Authenticate": 'Bearer realm="sse-gateway"'}
+    assert error.headers() == (challenge if cls is Unauthorized else {})
 
 
 def test_every_class_is_in_the_table():
@@ -121,7 +136,11 @@ def test_retryable_set_is_exact():
     assert {cls.code for cls in all_classes() if cls.retryable} == RETRYABLE
     assert {cls.code for cls in all_classes() if not cls.retryable} == {
         "invalid_json",
+        "model_not_allowed",
+        "unauthorized",
+        "forbidden",
         "not_found",
+        "model_not_found",
         "method_not_allowed",
         "body_too_large",
         "unsupported_media_type",

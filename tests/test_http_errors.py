@@ -215,7 +215,7 @@ def test_api_stream_too_many_messages_is_422(client, url):
     [
         ("GET", "/v1/"),
         ("GET", "/v1/nothing"),
-        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
         ("GET", "/v1/streams/abc/events/more"),
         ("GET", "/api/"),
         ("POST", "/api/streams"),

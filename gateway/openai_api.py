@@ -1,0 +1,250 @@
+"""The OpenAI-compatible front door: `POST /v1/chat/completions` and `GET /v1/models`.
+
+Existing `openai` SDK code points its `base_url` at the gateway. A streamed
+answer is the upstream's own chunks relayed as they come (tool-call deltas,
+usage and all), ending in `data: [DONE]`, without the stream store: the SDK
+cannot resume, so replay would buy nothing (ARCHITECTURE.md). The status
+waits for the first chunk with output, so a failure before it (after any
+fallback) is an HTTP error the SDK raises as its usual exception; a failure
+after it is an error chunk, which the SDK raises as `openai.APIError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.auth import authenticate
+from gateway.errors import GatewayError, Shutdown, openai_event, openai_response
+from gateway.limits import acquire_slot, check_rate, holding
+from gateway.payloads import read_payload
+from gateway.routes import Gateway
+from gateway.upstream import Finish, OnToken
+
+__all__ = ["CompletionRequest", "routes"]
+
+logger = logging.getLogger("gateway.openai")
+
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx: pass each chunk on at once
+]
+
+
+class _Fields(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Message(BaseModel):
+    """A message is passed on as sent (content parts, tool calls, names); only its role
+    is checked here, the rest is the upstream's to judge."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class StreamOptions(_Fields):
+    include_usage: bool = False
+
+
+class CompletionRequest(_Fields):
+    """The fields of a chat completion request the gateway passes on; others are refused."""
+
+    messages: list[Message] = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=256)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """What the upstream gets (its own model name is added by the upstream)."""
+        arguments = self.model_dump(exclude_unset=True, exclude={"model", "stream"})
+        if not self.stream:  # the answer is assembled from a stream: ask for its usage
+            arguments["stream_options"] = {"include_usage": True}
+        return arguments
+
+
+async def chat_completions(request: Request) -> Response | ASGIApp:
+    gateway: Gateway = request.state.gateway
+    try:
+        identity = await authenticate(request)
+        await check_rate(request, identity)
+        body = await read_payload(request, CompletionRequest, gateway.settings.limits)
+        gateway.router.check(body.model)
+        slot = await acquire_slot(request, identity)
+    except GatewayError as exc:
+        return openai_response(exc)
+    return holding(slot, _Completion(gateway, body))
+
+
+async def models(request: Request) -> Response:
+    gateway: Gateway = request.state.gateway
+    try:
+        await authenticate(request)
+    except GatewayError as exc:
+        return openai_response(exc)
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "sse-gateway"}
+        for name in gateway.router.models()
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+    ]
+
+
+class _Completion:
+    """One answer, run in the request's own task: a race between the upstream
+    (through the router) and the client leaving; `drain` can cut it too."""
+
+    def __init__(self, gateway: Gateway, body: CompletionRequest) -> None:
+        self._gateway = gateway
+        self._body = body
+        self._started = False  # the response has begun
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway = self._gateway
+        chunks: list[str] = []
+        outcome: Finish | GatewayError | None = Shutdown()  # unless the generation ends
+        try:
+            with gateway.relay.generation() as meter:
+
+                async def forward(payload: str) -> None:
+                    meter.token()
+                    if not self._body.stream:
+                        chunks.append(payload)
+                        return
+                    if not self._started:
+                        self._started = True
+                        await send(
+                            {"type": "http.response.start", "status": 200, "headers": _HEADERS}
+                        )
+                    body = b"data: " + payload.encode() + b"\n\n"
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+                outcome = await self._race(receive, forward)
+        except GatewayError as exc:  # refused: draining or at capacity
+            await openai_response(exc)(scope, receive, send)
+            return
+        name = "client_gone" if outcome is None else _outcome_name(outcome)
+        meter.finish(name)
+        logger.info(
+            "stream finished",
+            extra={"outcome": name, "model": self._body.model, "tokens": meter.tokens},
+        )
+        if outcome is None:
+            return  # nobody to answer
+        with anyio.move_on_after(self._gateway.settings.sse.send_timeout, shield=True):
+            await self._answer(outcome, chunks, scope, receive, send)
+
+    async def _race(self, receive: Receive, forward: OnToken) -> Finish | GatewayError | None:
+        """The upstream's outcome, or None when the client left first."""
+        outcome: Finish | GatewayError | None = None
+        async with anyio.create_task_group() as race:
+
+            async def generate() -> None:
+                nonlocal outcome
+                try:
+                    outcome = await self._gateway.router.relay(
+                        self._body.model, self._body.arguments(), forward
+                    )
+                except GatewayError as exc:
+                    outcome = exc
+                race.cancel_scope.cancel()
+
+            async def watch_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                race.cancel_scope.cancel()
+
+            race.start_soon(generate)
+            race.start_soon(watch_disconnect)
+        return outcome
+
+    async def _answer(
+        self,
+        outcome: Finish | GatewayError,
+        chunks: list[str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if isinstance(outcome, GatewayError) and not self._started:
+            await openai_response(outcome)(scope, receive, send)
+            return
+        if not self._body.stream:
+            assert isinstance(outcome, Finish)
+            await JSONResponse(assemble(chunks))(scope, receive, send)
+            return
+        if not self._started:  # cannot happen: a finished answer forwarded its chunks
+            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        tail = b"data: [DONE]\n\n" if isinstance(outcome, Finish) else openai_event(outcome)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _outcome_name(outcome: Finish | GatewayError) -> str:
+    return "done" if isinstance(outcome, Finish) else outcome.code
+
+
+def assemble(payloads: list[str]) -> dict[str, Any]:
+    """The `chat.completion` object that the stream of `chat.completion.chunk`s spells."""
+    chunks = [json.loads(payload) for payload in payloads]
+    first = chunks[0]
+    content: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish = None
+    usage = None
+    for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            finish = choice.get("finish_reason") or finish
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                content.append(delta["content"])
+            for part in delta.get("tool_calls") or ():
+                call = calls.setdefault(
+                    part.get("index", 0),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                call["id"] = part.get("id") or call["id"]
+                function = part.get("function") or {}
+                call["function"]["name"] += function.get("name") or ""
+                call["function"]["arguments"] += function.get("arguments") or ""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(content) if content or not calls else None,
+        "refusal": None,
+    }
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
+    return {
+        "id": first.get("id"),
+        "object": "chat.completion",
+        "created": first.get("created"),
+        "model": first.get("model"),
+        "system_fingerprint": first.get("system_fingerprint"),
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": usage,
+    }

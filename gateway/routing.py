@@ -1,0 +1,113 @@
+"""Routing: which upstreams serve a model name, and falling back between them.
+
+The `upstream` section is the default route: it serves requests that name no
+model and the model `upstream.model`. `routes` adds model names, each served
+by a list of upstreams tried in order. An upstream that fails before the
+first token with a retryable error (cannot connect, timeout, 429, 5xx, a
+broken answer) hands the request to the next one after a short backoff;
+once a token was handed on, a failure is the answer. Every upstream is one
+`AsyncOpenAI` client, made once and closed with the router.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from gateway.config import Settings, UpstreamSettings
+from gateway.errors import GatewayError, ModelNotFound
+from gateway.metrics import Metrics
+from gateway.payloads import ChatRequest
+from gateway.upstream import Finish, OnToken, Upstream
+
+__all__ = ["Router"]
+
+logger = logging.getLogger("gateway.routing")
+
+#: Backoff before the next upstream: 0.1 s, 0.2 s, 0.4 s ... at most 1 s.
+_BACKOFF_BASE = 0.1
+_BACKOFF_MAX = 1.0
+
+
+class Router:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._default = settings.upstream.model
+        table: dict[str, Sequence[UpstreamSettings]] = {self._default: [settings.upstream]}
+        table.update(settings.routes)
+        self._routes = {
+            model: [Upstream(target, settings.base_url_of(target), metrics) for target in targets]
+            for model, targets in table.items()
+        }
+
+    def models(self) -> list[str]:
+        """The model names this gateway serves, the default first."""
+        return list(self._routes)
+
+    def check(self, model: str | None) -> None:
+        """Raise `ModelNotFound` unless `model` is routed (None: the default)."""
+        self._upstreams(model)
+
+    async def complete(self, chat: ChatRequest, on_token: OnToken) -> Finish:
+        """`Upstream.complete` over the route of `chat.model`, with fallback."""
+        return await self._route(chat.model, lambda up, out: up.complete(chat, out), on_token)
+
+    async def relay(self, model: str, arguments: dict[str, Any], on_chunk: OnToken) -> Finish:
+        """`Upstream.relay` (raw chunks, for the OpenAI front door) over the route of `model`."""
+        return await self._route(model, lambda up, out: up.relay(arguments, out), on_chunk)
+
+    async def aclose(self) -> None:
+        for upstreams in self._routes.values():
+            for upstream in upstreams:
+                await upstream.aclose()
+
+    def _upstreams(self, model: str | None) -> list[Upstream]:
+        upstreams = self._routes.get(model or self._default)
+        if upstreams is None:
+            raise ModelNotFound(f"The model {model!r} does not exist or is not routed here.")
+        return upstreams
+
+    async def _route(
+        self,
+        model: str | None,
+        call: Callable[[Upstream, OnToken], Awaitable[Finish]],
+        forward: OnToken,
+    ) -> Finish:
+        name = model or self._default
+        upstreams = self._upstreams(model)
+        started = False
+
+        async def relay(text: str) -> None:
+            nonlocal started
+            started = True
+            await forward(text)
+
+        for index, upstream in enumerate(upstreams):
+            try:
+                finish = await call(upstream, relay)
+            except GatewayError as exc:
+                last = index == len(upstreams) - 1
+                if started or last or not exc.retryable:
+                    self._served(name, upstream if started else None, index, exc.code)
+                    raise
+                logger.warning(
+                    "upstream failed, trying the next",
+                    extra={"model": name, "upstream": upstream.name, "code": exc.code},
+                )
+                await anyio.sleep(min(_BACKOFF_BASE * 2**index, _BACKOFF_MAX))
+            else:
+                self._served(name, upstream, index, "done")
+                return finish
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _served(self, model: str, upstream: Upstream | None, index: int, outcome: str) -> None:
+        """Record which upstream answered (`none`: all failed before the first token)."""
+        served = upstream.name if upstream else "none"
+        self._metrics.routed.labels(model, served, outcome).inc()
+        logger.info(
+            "routed",
+            extra={"model": model, "upstream": served, "fallbacks": index, "outcome": outcome},
+        )
