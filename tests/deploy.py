@@ -22,7 +22,8 @@ from tests.conftest import free_port
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+def wait_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    """Wait (up to 15 s) until `url` answers without a 5xx; fail early if `process` died."""
     deadline = time.monotonic() + 15
     while True:
         try:
@@ -52,7 +53,7 @@ class GatewayProcess:
         command += ["--port", str(self.port), "--log-level", "warning", *self.extra_args]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _wait_http(f"{self.url}/healthz", self.process, "gateway")
+        wait_http(f"{self.url}/healthz", self.process, "gateway")
         return self
 
     def signal(self, sig: signal.Signals) -> None:
@@ -145,7 +146,7 @@ http {{
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         command = [binary, "-p", str(self.directory), "-c", str(self.directory / "nginx.conf")]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE)
-        _wait_http(f"{self.url}/healthz", self.process, "nginx")
+        wait_http(f"{self.url}/healthz", self.process, "nginx")
         return self
 
     def __exit__(self, *exc_info: object) -> None:

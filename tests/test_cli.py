@@ -15,15 +15,9 @@ import httpx
 import openai
 
 from gateway import create_app
-from tests.conftest import create, read_events, run_server, test_settings, text_of
+from tests.conftest import create, free_port, read_events, run_server, test_settings, text_of
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,15 +16,10 @@ import httpx
 
 from gateway.config import LoggingSettings
 from gateway.logs import ConsoleFormatter, ContextFilter, JsonFormatter, redact, request_id
-from tests.conftest import TIMEOUT, SimServer, marker, wait_until
+from tests.conftest import TIMEOUT, SimServer, free_port, marker, wait_until
+from tests.deploy import wait_http
 
 API_KEY = "sk-upstream-key-4f1c9e"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -56,15 +50,7 @@ def serve(simulator: SimServer, tmp_path: Path, fmt: str) -> Iterator[tuple[str,
     with log.open("wb") as stderr:
         process = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=stderr)
     try:
-        with httpx.Client(timeout=TIMEOUT) as client:
-
-            def healthy() -> bool:
-                try:
-                    return client.get(f"{url}/healthz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_until(healthy, timeout=20)
+        wait_http(f"{url}/healthz", process, "gateway")
         yield url, log
     finally:
         process.send_signal(signal.SIGTERM)

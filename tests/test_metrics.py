@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -21,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import create_app
 from gateway.config import ConfigError
-from tests.conftest import TIMEOUT, create, marker, test_settings, wait_until
+from tests.conftest import TIMEOUT, create, free_port, marker, test_settings, wait_until
+from tests.deploy import wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -225,12 +225,6 @@ def test_retries_are_counted(gateway, client):
     assert value(samples, "gateway_streams_finished_total", outcome="done") == 1
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_metrics_on_a_separate_port(gateway, client):
     port = free_port()
     url = gateway(metrics={"port": port}).url
@@ -324,15 +318,8 @@ def test_counts_add_up_across_worker_processes(simulator, tmp_path):
         process = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
+        wait_http(f"{url}/healthz", process, "gateway workers")
         with httpx.Client(timeout=TIMEOUT) as client:
-
-            def healthy() -> bool:
-                try:
-                    return client.get(f"{url}/healthz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_until(healthy, timeout=20)
             wait_until(lambda: len(glob.glob(str(directory / "counter_*.db"))) == 2, 20)
 
             def stream(_: int) -> str:
