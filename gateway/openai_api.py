@@ -113,6 +113,10 @@ def routes() -> list[BaseRoute]:
     ]
 
 
+class _ClientTooSlow(Exception):
+    """A write to the client took longer than `sse.send_timeout`: it is treated as gone."""
+
+
 class _Completion:
     """One answer, run in the request's own task: a race between the upstream
     (through the router) and the client leaving; `drain` can cut it too."""
@@ -140,7 +144,11 @@ class _Completion:
                             {"type": "http.response.start", "status": 200, "headers": _HEADERS}
                         )
                     body = b"data: " + payload.encode() + b"\n\n"
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    message = {"type": "http.response.body", "body": body, "more_body": True}
+                    with anyio.move_on_after(gateway.settings.sse.send_timeout) as write:
+                        await send(message)
+                    if write.cancelled_caught:
+                        raise _ClientTooSlow()
 
                 outcome = await self._race(receive, forward)
         except GatewayError as exc:  # refused: draining or at capacity
@@ -170,6 +178,8 @@ class _Completion:
                     )
                 except GatewayError as exc:
                     outcome = exc
+                except _ClientTooSlow:
+                    logger.warning("client too slow: dropped after sse.send_timeout")
                 race.cancel_scope.cancel()
 
             async def watch_disconnect() -> None:

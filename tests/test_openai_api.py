@@ -296,3 +296,22 @@ def test_client_leaving_closes_the_upstream(gw, simulator):
     stream.close()
     wait_until(lambda: simulator.sim.find(tag)[0].outcome == "client_gone")
     wait_until(lambda: gw.state.relay.active == 0)
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(gateway):
+    """A frozen reader is let go after `sse.send_timeout` (0.5 s here), long before
+    the upstream's idle limit (5 s in the test settings) would end the answer."""
+    server = gateway(sse={"send_timeout": 0.5})
+    content = f"{marker()} [[sim tokens=400 size=20000]]"
+    body = json.dumps({"model": "sim-1", "stream": True, "messages": user(content)})
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+        )
+        sock.sendall(request.encode())
+        wait_until(lambda: server.state.relay.active == 1)
+        # The generation ends (and its upstream is closed) long before `idle`.
+        wait_until(lambda: server.state.relay.active == 0, timeout=3)
