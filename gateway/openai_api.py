@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette.sse import SendTimeoutError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -26,6 +27,7 @@ from gateway.auth import authenticate
 from gateway.errors import GatewayError, Shutdown, openai_event, openai_response
 from gateway.limits import acquire_slot, check_rate, holding
 from gateway.payloads import read_payload
+from gateway.responses import send_within
 from gateway.routes import Gateway
 from gateway.upstream import Finish, OnToken
 
@@ -113,10 +115,6 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-class _ClientTooSlow(Exception):
-    """A write to the client took longer than `sse.send_timeout`: it is treated as gone."""
-
-
 class _Completion:
     """One answer, run in the request's own task: a race between the upstream
     (through the router) and the client leaving; `drain` can cut it too."""
@@ -145,10 +143,7 @@ class _Completion:
                         )
                     body = b"data: " + payload.encode() + b"\n\n"
                     message = {"type": "http.response.body", "body": body, "more_body": True}
-                    with anyio.move_on_after(gateway.settings.sse.send_timeout) as write:
-                        await send(message)
-                    if write.cancelled_caught:
-                        raise _ClientTooSlow()
+                    await send_within(send, message, gateway.settings.sse.send_timeout)
 
                 outcome = await self._race(receive, forward)
         except GatewayError as exc:  # refused: draining or at capacity
@@ -178,7 +173,7 @@ class _Completion:
                     )
                 except GatewayError as exc:
                     outcome = exc
-                except _ClientTooSlow:
+                except SendTimeoutError:
                     logger.warning("client too slow: dropped after sse.send_timeout")
                 race.cancel_scope.cancel()
 

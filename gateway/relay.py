@@ -112,14 +112,20 @@ class Relay:
         self._admit()
         meter = self._begin()
         try:
-            with anyio.CancelScope() as scope:
-                self._running.add(scope)
-                try:
-                    yield meter
-                finally:
-                    self._running.discard(scope)
+            with self._cancellable():
+                yield meter
         finally:
             self._end()
+
+    @contextmanager
+    def _cancellable(self) -> Iterator[None]:
+        """A scope `drain` can cut."""
+        with anyio.CancelScope() as scope:
+            self._running.add(scope)
+            try:
+                yield
+            finally:
+                self._running.discard(scope)
 
     def _admit(self) -> None:
         if self.draining:
@@ -154,12 +160,8 @@ class Relay:
         # The task group is the app's, not the request's: carry the log context over.
         logs.request_id.set(request_id)
         logs.stream_id.set(stream_id)
-        with anyio.CancelScope() as scope:
-            self._running.add(scope)
-            try:
-                await self._generate(stream_id, chat, meter)
-            finally:
-                self._running.discard(scope)
+        with self._cancellable():
+            await self._generate(stream_id, chat, meter)
 
     async def _generate(self, stream_id: str, chat: ChatRequest, meter: StreamMeter) -> None:
         async def append_token(text: str) -> None:

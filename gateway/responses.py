@@ -25,7 +25,7 @@ from gateway.events import HEARTBEAT, frame, retry
 from gateway.metrics import Metrics
 from gateway.store import StoredEvent, StreamStore
 
-__all__ = ["StreamResponse", "sse_error_response"]
+__all__ = ["StreamResponse", "send_within", "sse_error_response"]
 
 logger = logging.getLogger("gateway.responses")
 
@@ -148,6 +148,15 @@ def _pieces(parts: Iterable[bytes]) -> Iterator[bytes]:
         yield b"".join(piece)
 
 
+async def send_within(send: Send, message: Message, timeout: float) -> None:
+    """Send one ASGI message; a client that does not take it within `timeout`
+    raises `SendTimeoutError` (it is treated as gone)."""
+    with anyio.move_on_after(timeout) as scope:
+        await send(message)
+    if scope.cancelled_caught:
+        raise SendTimeoutError()
+
+
 def _final_send_with_timeout(send: Send, timeout: float, sent: Callable[[int], None]) -> Send:
     """sse-starlette times out data writes but not the closing one; time that out too.
     Body sizes are reported to `sent` (the bytes metric)."""
@@ -156,10 +165,7 @@ def _final_send_with_timeout(send: Send, timeout: float, sent: Callable[[int], N
         if message["type"] == "http.response.body":
             sent(len(message.get("body", b"")))
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            with anyio.move_on_after(timeout) as scope:
-                await send(message)
-            if scope.cancelled_caught:
-                raise SendTimeoutError()
+            await send_within(send, message, timeout)
         else:
             await send(message)
 

@@ -145,12 +145,12 @@ class Upstream:
         failed attempt leaves nothing behind. `arguments` are the request's, without
         `model` (this upstream's own is used)."""
         arguments = {**arguments, "model": self._settings.model}
-        request_id = logs.request_id.get()
-        if request_id is not None:
-            arguments["extra_headers"] = {"X-Request-ID": request_id}
         return await self._complete(arguments, on_chunk, raw=True)
 
     async def _complete(self, arguments: dict[str, Any], forward: OnToken, *, raw: bool) -> Finish:
+        request_id = logs.request_id.get()
+        if request_id is not None:  # so one request can be followed into the upstream's logs
+            arguments = {**arguments, "extra_headers": {"X-Request-ID": request_id}}
         settings = self._settings
         deadline = anyio.current_time() + settings.timeouts.total
         relayed = False
@@ -238,11 +238,9 @@ class Upstream:
                             await forward(early)
                         held.clear()
                         await forward(payload)
-                        watchdog.touch()
                     elif content:
                         await forward(content)
-                        watchdog.touch()
-                    elif watchdog.started:
+                    if content or watchdog.started or raw:
                         watchdog.touch()
             except (openai.OpenAIError, httpx2.HTTPError) as exc:
                 raise from_upstream(exc, streaming=response is not None) from exc
@@ -269,9 +267,6 @@ class Upstream:
             "messages": [message.model_dump() for message in chat.messages],
             "stream_options": {"include_usage": True},
         }
-        request_id = logs.request_id.get()
-        if request_id is not None:
-            arguments["extra_headers"] = {"X-Request-ID": request_id}
         if chat.temperature is not None:
             arguments["temperature"] = chat.temperature
         if chat.max_tokens is not None:

@@ -36,6 +36,16 @@ def wait_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
         time.sleep(0.05)
 
 
+def terminate(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM (a graceful drain), then SIGKILL if the process is still there after 15 s."""
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 class GatewayProcess:
     """`python -m gateway serve` in its own process, configured by a YAML file."""
 

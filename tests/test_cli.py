@@ -16,6 +16,7 @@ import openai
 
 from gateway import create_app
 from tests.conftest import create, free_port, read_events, run_server, test_settings, text_of
+from tests.deploy import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,12 +41,7 @@ def process(*args: str) -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         if proc.stderr:
             proc.stderr.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import httpx
 from gateway.config import LoggingSettings
 from gateway.logs import ConsoleFormatter, ContextFilter, JsonFormatter, redact, request_id
 from tests.conftest import TIMEOUT, SimServer, free_port, marker, wait_until
-from tests.deploy import wait_http
+from tests.deploy import terminate, wait_http
 
 API_KEY = "sk-upstream-key-4f1c9e"
 
@@ -53,12 +52,7 @@ def serve(simulator: SimServer, tmp_path: Path, fmt: str) -> Iterator[tuple[str,
         wait_http(f"{url}/healthz", process, "gateway")
         yield url, log
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        terminate(process)
 
 
 def test_request_id_reaches_response_upstream_and_every_log_line(simulator, tmp_path):

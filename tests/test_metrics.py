@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import create_app
 from gateway.config import ConfigError
 from tests.conftest import TIMEOUT, create, free_port, marker, test_settings, wait_until
-from tests.deploy import wait_http
+from tests.deploy import terminate, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -353,12 +352,7 @@ def test_counts_add_up_across_worker_processes(simulator, tmp_path):
                           method="POST", status="200") == sent
                 )  # fmt: skip
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        terminate(process)
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
