@@ -40,6 +40,10 @@ CHALLENGE = 'Bearer realm="sse-gateway"'
 INVALID_CHALLENGE = 'Bearer realm="sse-gateway", error="invalid_token"'
 
 
+#: Stream ownership and events-URL tokens go through the store: check both.
+pytestmark = pytest.mark.stores("memory", "redis")
+
+
 def body(word: str, directives: str = "") -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": f"{word} {directives}"}]}
 
@@ -352,15 +356,17 @@ def test_secrets_come_from_the_environment_only(tmp_path):
     assert "from-env" not in settings.model_dump_json()
 
 
-def test_a_shared_token_secret_lets_another_instance_open_the_stream(client, gateway):
+def test_a_shared_token_secret_lets_another_instance_open_the_stream(client, gateway, store_name):
     shared = {**API_KEYS, "auth": {**API_KEYS["auth"], "token_secret": "one-secret-for-all"}}
     first, second = gateway(**shared), gateway(**shared)
     _, events_url = created(client, first.url, ALICE)
     path = events_url.removeprefix(first.url)
-    # The memory store keeps the stream on the first instance (404 there on the second),
-    # but the second instance accepts the token: 404, not 401.
-    response = client.get(f"{second.url}{path}")
-    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+    if store_name == "redis":  # the stream is shared, and the second instance serves it
+        events = read_events(client, f"{second.url}{path}")
+        assert [e.event for e in events] == ["token"] * 4 + ["done"]
+    else:  # the memory store keeps it on the first; the token is accepted: 404, not 401
+        response = client.get(f"{second.url}{path}")
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
     other = gateway(**API_KEYS)  # its own random key
     assert_refused(client.get(f"{other.url}{path}"), 401, INVALID)
 

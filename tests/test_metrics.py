@@ -252,6 +252,14 @@ def test_every_metric_of_the_issue_is_exposed(url, client):
     assert set(NAMES) <= exposed(client, url)
 
 
+def test_every_exposed_metric_is_documented(url, client):
+    declared = re.findall(r"^# TYPE (gateway_\S+) ", client.get(f"{url}/metrics").text, re.M)
+    documented = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+    assert declared
+    missing = [name for name in declared if f"`{name}`" not in documented]
+    assert [name for name in missing if not name.endswith("_created")] == []  # client's own
+
+
 def test_dashboard_queries_only_metrics_that_exist(url, client):
     dashboard = json.loads((REPO / "deploy" / "grafana-dashboard.json").read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
