@@ -7,8 +7,8 @@ closed by the lifespan, which also owns the task group generations run in.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -50,27 +50,29 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        store = create_store(settings, on_error=metrics.redis_errors.inc)
-        router = Router(settings, metrics)
-        limits = Limits(settings)
         for warning in startup_warnings(settings):
             logger.warning(warning)
-        await store.open()
-        await limits.open()
-        try:
-            async with anyio.create_task_group() as tasks:
-                relay = Relay(settings, store, router, tasks, metrics)
-                gateway = Gateway(settings, store, relay, metrics, router, auth, limits)
-                app.state.gateway = gateway  # for operators' tools and tests
-                tasks.start_soon(_drain_on_exit, gateway.relay, settings.server.drain_timeout)
-                async with _metrics_listener(metrics, settings):
-                    yield {"gateway": gateway}
-                await gateway.relay.drain(settings.server.drain_timeout)
-                tasks.cancel_scope.cancel()
-        finally:
-            await router.aclose()
-            await limits.close()
-            await store.close()
+        # Whatever fails while starting, what was opened before it is closed again.
+        async with AsyncExitStack() as stack:
+            store = create_store(settings, on_error=metrics.redis_errors.inc)
+            await store.open()
+            stack.push_async_callback(store.close)
+            router = Router(settings, metrics)
+            stack.push_async_callback(router.aclose)
+            limits = Limits(settings, store.counters())
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            # Background work and generations all run here; the first callback on the
+            # way out cancels what is left (drain has ended the generations by then).
+            stack.callback(tasks.cancel_scope.cancel)
+            tasks.start_soon(_supervised, "stream store", store.run)
+            tasks.start_soon(_supervised, "slot releases", limits.run)
+            relay = Relay(settings, store, router, tasks, metrics)
+            gateway = Gateway(settings, store, relay, metrics, router, auth, limits)
+            app.state.gateway = gateway  # for operators' tools and tests
+            tasks.start_soon(_drain_on_exit, relay, settings.server.drain_timeout)
+            async with _metrics_listener(metrics, settings):
+                yield {"gateway": gateway}
+            await relay.drain(settings.server.drain_timeout)
 
     app_routes = routes() + openai_routes()
     if settings.metrics.enabled and settings.metrics.port is None:
@@ -116,6 +118,17 @@ def _security_middleware(settings: Settings) -> list[Middleware]:
             )
         )
     return middleware
+
+
+async def _supervised(name: str, work: Callable[[], Awaitable[None]]) -> None:
+    """Run background `work` for the app's life: if it fails, log and start it again."""
+    while True:
+        try:
+            await work()
+            return
+        except Exception:
+            logger.exception("%s failed; restarting it", name)
+        await anyio.sleep(1)
 
 
 async def _drain_on_exit(relay: Relay, timeout: float) -> None:

@@ -106,6 +106,9 @@ class StreamSettings(_Section):
     retention: Seconds = Field(default=300.0, ge=0)
     #: Events kept per stream; older ones are dropped (and cannot be replayed).
     max_events: int = Field(default=10_000, ge=2)
+    #: How long generations and readers wait for an unreachable store to come back
+    #: before they give up with `store_unavailable`.
+    store_outage: Seconds = Field(default=30.0, gt=0)
 
 
 class RedisSettings(_Section):

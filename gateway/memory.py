@@ -1,8 +1,9 @@
-"""The in-memory `StreamStore`: one process, no dependencies, the default."""
+"""The in-memory `StreamStore` and its limit counters: one process, no dependencies."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -13,7 +14,7 @@ from gateway.config import Settings
 from gateway.errors import NotFound, ResumeUnavailable
 from gateway.store import StoredEvent, StreamInfo
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryCounters", "MemoryStore"]
 
 
 class _Stream:
@@ -76,6 +77,7 @@ class MemoryStore:
         self._max_events = settings.streams.max_events
         self._retention = settings.streams.retention
         self._streams: dict[str, _Stream] = {}
+        self._counters = MemoryCounters()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -89,8 +91,14 @@ class MemoryStore:
                 stream.expiry.cancel()
         self._streams.clear()
 
+    async def run(self) -> None:
+        """Nothing runs in the background: expiry uses the event loop's timers."""
+
     async def ready(self) -> bool:
         return True
+
+    def counters(self) -> MemoryCounters:
+        return self._counters
 
     async def create(self, stream_id: str) -> None:
         self._streams[stream_id] = _Stream(self._max_events)
@@ -159,3 +167,37 @@ class MemoryStore:
             return self._streams[stream_id]
         except KeyError:
             raise NotFound("No such stream.") from None
+
+
+class MemoryCounters:
+    """`limits.Counters` in plain dictionaries; expired windows are swept once a window."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, tuple[int, float]] = {}
+        self._sets: dict[str, set[str]] = {}
+        self._next_sweep = 0.0
+
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._windows = {k: v for k, v in self._windows.items() if v[1] > now}
+            self._next_sweep = now + window
+        count, end = self._windows.get(key, (0, 0.0))
+        if now >= end:
+            count, end = 0, now + window
+        self._windows[key] = (count + 1, end)
+        return count + 1, end - now
+
+    async def acquire(self, key: str, member: str, limit: int, ttl: float) -> bool:
+        members = self._sets.setdefault(key, set())
+        if len(members) >= limit:
+            return False
+        members.add(member)
+        return True
+
+    async def release(self, key: str, member: str) -> None:
+        members = self._sets.get(key)
+        if members is not None:
+            members.discard(member)
+            if not members:
+                del self._sets[key]

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import authenticate
 from gateway.errors import GatewayError, Shutdown, openai_event, openai_response
-from gateway.limits import acquire_slot, check_rate, holding
+from gateway.limits import holding
 from gateway.payloads import read_payload
 from gateway.responses import send_within
 from gateway.routes import Gateway
@@ -86,10 +86,10 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
     gateway: Gateway = request.state.gateway
     try:
         identity = await authenticate(request)
-        await check_rate(request, identity)
+        await gateway.limits.check_rate(identity)
         body = await read_payload(request, CompletionRequest, gateway.settings.limits)
         gateway.router.check(body.model)
-        slot = await acquire_slot(request, identity)
+        slot = await gateway.limits.acquire(identity)
     except GatewayError as exc:
         return openai_response(exc)
     return holding(slot, _Completion(gateway, body))

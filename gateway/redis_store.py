@@ -1,15 +1,23 @@
-"""The Redis `StreamStore`: streams shared by every gateway instance.
+"""The Redis `StreamStore` and its limit counters: streams shared by every instance.
 
-Each stream is four keys with one hash tag (one cluster slot), `sse:{id}:...`:
+Each stream is five keys with one hash tag (one cluster slot), `sse:{id}:...`:
 
 - `events`, a Redis Stream whose entry ids are `<sse id>-0`, trimmed to
   `streams.max_events`; readers anywhere follow it with `XREAD BLOCK`;
-- `meta`, a hash with the last id and whether the stream finished;
-- `lease`, set by the instance that generates the stream and renewed every
-  third of `redis.lease_ttl`; a reader that finds it gone on an unfinished
-  stream reports `generation_lost` instead of waiting forever;
-- `readers`, reader counts per instance (the disconnect grace), and `cancel`,
-  the `DELETE` flag.
+- `meta`, a hash with the last id and `finished` (`0`, `1`, or `lost`);
+- `lease`, set by the instance that generates the stream, renewed every third
+  of `redis.lease_ttl` and by every append; a reader that finds it gone on an
+  unfinished stream (twice, half a lease apart) ends the stream itself with an
+  `error: generation_lost` event, so every reader gets it with an id and a
+  resume after it gets 204;
+- `readers`, one field per attached reader (the disconnect grace), and
+  `cancel`, the `DELETE` flag.
+
+Appends are exactly once: one Lua script checks the id it is given against
+`meta.last`, so a call that redis-py re-sends after a timeout, or whose reply
+was lost, is recognised as already applied instead of being stored twice or
+failing half-way (the bug of a MULTI/EXEC sent twice). The store retries a
+failed append for up to `streams.store_outage`.
 
 Signals (`cancel`, a reader count changed) are published on one channel; the
 generating instance wakes on them, and its renewal loop also re-reads the
@@ -20,12 +28,12 @@ whose instance died, `upstream.timeouts.total + retention` after creation.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,9 +45,9 @@ from redis.exceptions import RedisError
 
 from gateway.config import Settings
 from gateway.errors import GenerationLost, NotFound, ResumeUnavailable, StoreUnavailable
-from gateway.store import StoredEvent, StreamInfo
+from gateway.store import TERMINAL_EVENTS, StoredEvent, StreamInfo
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisCounters", "RedisStore"]
 
 logger = logging.getLogger("gateway.redis_store")
 
@@ -47,10 +55,62 @@ CHANNEL = "sse:signals"
 #: How long one Redis call may take before Redis counts as unavailable.
 _CALL_TIMEOUT = 5.0
 _RECONNECT_DELAY = 0.5
+#: Pauses between the attempts of an append while Redis is away.
+_APPEND_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+# KEYS: events, meta, lease, readers, cancel
+# ARGV: id, event, data, maxlen, instance, lease ms, terminal, retention ms, unfinished s
+# Returns the id stored (or already stored by an earlier send of the same call),
+# -1 when the stream is gone, -2 when it was ended for a lost generation, -3 on a gap.
+_APPEND = """
+local meta = redis.call('HMGET', KEYS[2], 'last', 'finished')
+if not meta[1] then return -1 end
+local last, id = tonumber(meta[1]), tonumber(ARGV[1])
+if meta[2] == 'lost' then return -2 end
+if last >= id and ARGV[7] == '0' then return id end
+if meta[2] == '1' then return last end
+if last ~= id - 1 then
+  if ARGV[7] == '0' then return -3 end
+  id = last + 1
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], id .. '-0', 'event', ARGV[2], 'data', ARGV[3])
+redis.call('HSET', KEYS[2], 'last', id)
+if ARGV[7] == '1' then
+  redis.call('HSET', KEYS[2], 'finished', '1')
+  for i = 1, 5 do
+    if i ~= 3 then redis.call('PEXPIRE', KEYS[i], ARGV[8]) end
+  end
+  redis.call('DEL', KEYS[3])
+else
+  if id == 1 then redis.call('EXPIRE', KEYS[1], ARGV[9]) end
+  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+end
+return id
+"""
+
+# KEYS: events, meta, lease, readers, cancel; ARGV: data, maxlen, retention ms.
+# Ends an unfinished stream whose lease is gone; returns its new last id, 0 if it
+# was finished or leased after all, -1 when it is gone.
+_END_LOST = """
+local meta = redis.call('HMGET', KEYS[2], 'last', 'finished')
+if not meta[1] then return -1 end
+if meta[2] ~= '0' or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local id = tonumber(meta[1]) + 1
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id .. '-0', 'event', 'error', 'data', ARGV[1])
+redis.call('HSET', KEYS[2], 'last', id, 'finished', 'lost')
+for i = 1, 5 do
+  if i ~= 3 then redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+end
+return id
+"""
 
 
 def _key(stream_id: str, part: str) -> str:
     return f"sse:{{{stream_id}}}:{part}"
+
+
+def _keys(stream_id: str) -> list[str]:
+    return [_key(stream_id, part) for part in ("events", "meta", "lease", "readers", "cancel")]
 
 
 class _Generation:
@@ -80,12 +140,15 @@ class RedisStore:
         self._lease_check = settings.redis.lease_ttl / 2
         self._max_events = settings.streams.max_events
         self._retention_ms = max(1, int(settings.streams.retention * 1000))
+        self._outage = settings.streams.store_outage
         total = settings.upstream.timeouts.total + settings.streams.retention
         self._unfinished_s = math.ceil(total + settings.redis.lease_ttl)
         self._instance = secrets.token_hex(8)
         self._generations: dict[str, _Generation] = {}
+        #: Streams seen unfinished without a lease: when that was first seen.
+        self._unleased: dict[str, float] = {}
         self._redis: redis.Redis | None = None
-        self._maintenance: asyncio.Task[None] | None = None
+        self._scripts: dict[str, Any] = {}
 
     @property
     def _client(self) -> redis.Redis:
@@ -101,17 +164,24 @@ class RedisStore:
             protocol=2,
             socket_connect_timeout=2,
             socket_timeout=self._lease_check + _CALL_TIMEOUT,
-            retry=Retry(NoBackoff(), retries=1),  # one retry: a pooled connection went stale
+            # A pooled connection idle this long is checked before use, so the first
+            # call after a Redis restart does not fail on a dead socket.
+            health_check_interval=1,
+            retry=Retry(NoBackoff(), retries=1),  # every call here is safe to repeat
         )
-        self._maintenance = asyncio.create_task(self._maintain(), name="redis store")
+        self._scripts = {
+            name: self._redis.register_script(script)
+            for name, script in (("append", _APPEND), ("end_lost", _END_LOST))
+        }
 
     async def close(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
         if self._redis is not None:
             await self._redis.aclose()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._listen)
+            tasks.start_soon(self._renew)
 
     async def ready(self) -> bool:
         try:
@@ -120,6 +190,9 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError):
             self._on_error()
             return False
+
+    def counters(self) -> RedisCounters:
+        return RedisCounters(self._client, self._calls)
 
     async def create(self, stream_id: str) -> None:
         meta = _key(stream_id, "meta")
@@ -134,33 +207,31 @@ class RedisStore:
         generation = self._generations.get(stream_id)
         if generation is None:
             raise RuntimeError(f"stream {stream_id} is not generated here or already finished")
-        stored = StoredEvent(generation.next_id, event, data)
-        events, meta = _key(stream_id, "events"), _key(stream_id, "meta")
-        try:
-            async with self._calls() as client, client.pipeline(transaction=True) as pipe:
-                fields: dict[Any, Any] = {"event": event, "data": data}
-                pipe.xadd(
-                    events, fields, id=f"{stored.id}-0", maxlen=self._max_events, approximate=False
-                )
-                pipe.hset(meta, "last", stored.id)
-                if stored.id == 1:
-                    pipe.expire(events, self._unfinished_s)
-                if stored.terminal:
-                    pipe.hset(meta, "finished", 1)
-                    for part in ("meta", "events", "readers", "cancel"):
-                        pipe.pexpire(_key(stream_id, part), self._retention_ms)
-                    pipe.delete(_key(stream_id, "lease"))
-                # Shielded: a generation cancelled mid-call must not lose track of
-                # whether its id was used (the memory store's append is atomic too).
-                with anyio.CancelScope(shield=True):
-                    await pipe.execute()
-        finally:
-            # Even when the terminal event could not be stored, the generation is
-            # over: its lease lapses and readers elsewhere learn it was lost.
-            if stored.terminal:
-                del self._generations[stream_id]
+        terminal = event in TERMINAL_EVENTS
+        # The id is taken before the first await: appends of one stream never share one.
+        expected = generation.next_id
         generation.next_id += 1
-        return stored
+        args = [expected, event, data, self._max_events, self._instance, self._lease_ms]
+        args += [int(terminal), self._retention_ms, self._unfinished_s]
+        try:
+            # Shielded: a generation cancelled mid-call must still know what was stored.
+            with anyio.CancelScope(shield=True):
+                stored = await self._until_back(
+                    lambda: self._scripts["append"](keys=_keys(stream_id), args=args)
+                )
+        finally:
+            # After its terminal event (stored or not) the generation is over here: its
+            # lease lapses and readers end the stream as lost if nothing was stored.
+            if terminal:
+                del self._generations[stream_id]
+        stored_id = int(stored)
+        if stored_id == -1:
+            raise NotFound("No such stream.")
+        if stored_id == -2:
+            raise GenerationLost("The stream was ended while the store was unreachable.")
+        if stored_id == -3:
+            raise StoreUnavailable("An event was lost while the store was unreachable.")
+        return StoredEvent(stored_id, event, data)
 
     async def info(self, stream_id: str) -> StreamInfo | None:
         async with self._calls() as client, client.pipeline(transaction=True) as pipe:
@@ -170,7 +241,7 @@ class RedisStore:
         if last is None:
             return None
         first = _sse_id(oldest[0][0]) if oldest else int(last) + 1
-        return StreamInfo(first, int(last), finished == "1")
+        return StreamInfo(first, int(last), finished != "0")
 
     async def read(self, stream_id: str, after: int, timeout: float) -> Sequence[StoredEvent]:
         deadline = anyio.current_time() + timeout
@@ -190,19 +261,21 @@ class RedisStore:
                     StoredEvent(_sse_id(entry_id), fields["event"], fields["data"])
                     for entry_id, fields in entries
                 ]
-            await self._check_alive(stream_id)
+            if await self._check_alive(stream_id):
+                continue  # ended as lost just now: read that event
             if anyio.current_time() >= deadline:
                 return []
 
     @asynccontextmanager
     async def attach(self, stream_id: str) -> AsyncIterator[None]:
-        await self._count_reader(stream_id, +1)
+        reader = secrets.token_hex(8)
+        await self._count_reader(stream_id, reader, joined=True)
         try:
             yield
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._count_reader(stream_id, -1)
+                    await self._count_reader(stream_id, reader, joined=False)
                 except StoreUnavailable:
                     logger.warning("stream %s: cannot count a reader leaving", stream_id)
 
@@ -235,9 +308,11 @@ class RedisStore:
             with anyio.move_on_after(grace) as scope:
                 await changed.wait()
             if scope.cancelled_caught:
-                with contextlib.suppress(StoreUnavailable):
+                try:
                     if await self._reader_count(stream_id) == 0:
                         return
+                except StoreUnavailable:
+                    pass
 
     # -- internals -------------------------------------------------------------------
 
@@ -248,8 +323,23 @@ class RedisStore:
             yield self._client
         except (RedisError, OSError) as exc:
             self._on_error()
-            logger.warning("redis: %s", exc)
+            logger.warning("redis: %r", exc)
             raise StoreUnavailable() from None
+
+    async def _until_back(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call` (which must be safe to repeat), tried again while Redis is away, for
+        up to `streams.store_outage`."""
+        deadline = time.monotonic() + self._outage
+        for attempt in range(1_000_000):
+            try:
+                async with self._calls():
+                    return await call()
+            except StoreUnavailable:
+                pause = _APPEND_BACKOFF[min(attempt, len(_APPEND_BACKOFF) - 1)]
+                if time.monotonic() + pause > deadline:
+                    raise
+                await anyio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _generation(self, stream_id: str) -> _Generation:
         try:
@@ -257,35 +347,48 @@ class RedisStore:
         except KeyError:
             raise NotFound("No such stream generated here.") from None
 
-    async def _check_alive(self, stream_id: str) -> None:
-        """After a read found nothing: `NotFound` if the stream expired, `GenerationLost`
-        if it is unfinished and nobody holds its lease."""
+    async def _check_alive(self, stream_id: str) -> bool:
+        """After a read found nothing: `NotFound` if the stream expired. An unfinished
+        stream whose lease stayed gone for half a lease is ended as lost (returns True).
+
+        Half a lease: a generation that was only cut off from Redis renews its lease
+        with its first call once Redis is back, and so wins against its readers.
+        """
         async with self._calls() as client, client.pipeline(transaction=True) as pipe:
             pipe.hget(_key(stream_id, "meta"), "finished")
             pipe.exists(_key(stream_id, "lease"))
             finished, leased = await pipe.execute()
         if finished is None:
+            self._unleased.pop(stream_id, None)
             raise NotFound("No such stream.")
-        if finished == "0" and not leased:
-            raise GenerationLost()
+        if finished != "0" or leased:
+            self._unleased.pop(stream_id, None)
+            return False
+        now = time.monotonic()
+        if now - self._unleased.setdefault(stream_id, now) < self._lease_check:
+            return False
+        self._unleased.pop(stream_id, None)
+        args = [GenerationLost().event_data(), self._max_events, self._retention_ms]
+        async with self._calls():
+            ended = await self._scripts["end_lost"](keys=_keys(stream_id), args=args)
+        return int(ended) > 0
 
-    async def _count_reader(self, stream_id: str, delta: int) -> None:
+    async def _count_reader(self, stream_id: str, reader: str, *, joined: bool) -> None:
+        """One field per reader, so a repeated call counts nobody twice."""
         readers = _key(stream_id, "readers")
         async with self._calls() as client, client.pipeline(transaction=False) as pipe:
-            pipe.hincrby(readers, self._instance, delta)
-            pipe.expire(readers, self._unfinished_s, nx=True)  # keep a retention expiry
+            if joined:
+                pipe.hset(readers, reader, self._instance)
+                pipe.expire(readers, self._unfinished_s, nx=True)  # keep a retention expiry
+            else:
+                pipe.hdel(readers, reader)
             pipe.publish(CHANNEL, f"readers {stream_id}")
             await pipe.execute()
 
     async def _reader_count(self, stream_id: str) -> int:
         async with self._calls() as client:
-            counts = await client.hvals(_key(stream_id, "readers"))
-        return max(0, sum(int(count) for count in counts))
-
-    async def _maintain(self) -> None:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._listen)
-            tasks.start_soon(self._renew)
+            count: int = await client.hlen(_key(stream_id, "readers"))
+        return count
 
     async def _listen(self) -> None:
         """Wake local generations on signals; resubscribe after Redis comes back."""
@@ -326,7 +429,7 @@ class RedisStore:
                     results = await pipe.execute()
             except (RedisError, OSError) as exc:
                 self._on_error()
-                logger.warning("redis: cannot renew leases: %s", exc)
+                logger.warning("redis: cannot renew leases: %r", exc)
                 continue
             for stream_id, cancelled in zip(stream_ids, results[1::2], strict=True):
                 generation = self._generations.get(stream_id)
@@ -336,3 +439,55 @@ class RedisStore:
 
 def _sse_id(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
+
+
+# Both scripts take the time from Redis, so instances with different clocks agree.
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class RedisCounters:
+    """`limits.Counters` shared by every instance, on the store's connections; each
+    operation is one atomic script or command, safe to repeat."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        calls: Callable[[], contextlib.AbstractAsyncContextManager[redis.Redis]],
+    ) -> None:
+        self._client = client
+        self._calls = calls
+        self._hit = client.register_script(_HIT)
+        self._acquire = client.register_script(_ACQUIRE)
+
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        async with self._calls():
+            count, ttl_ms = await self._hit(keys=[key], args=[int(window * 1000)])
+        return int(count), int(ttl_ms) / 1000
+
+    async def acquire(self, key: str, member: str, limit: int, ttl: float) -> bool:
+        async with self._calls():
+            added = await self._acquire(keys=[key], args=[limit, int(ttl * 1000), member])
+        return bool(added)
+
+    async def release(self, key: str, member: str) -> None:
+        async with self._calls() as client:
+            await client.zrem(key, member)

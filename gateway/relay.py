@@ -1,17 +1,10 @@
 """Generations: each runs in a task the gateway owns, never in a request.
 
-A generation is a race of three contenders in one task group; the first to
-finish decides the outcome and cancels the others (see ARCHITECTURE.md):
-
-- the upstream answer completes (`done`) or fails (`error` with its code);
-- `DELETE /v1/streams/{id}` asks for cancellation (`error: cancelled`);
-- no reader has been attached for `streams.disconnect_grace` (`error: cancelled`).
-
-With `sse.coalesce_ms` set, a fourth task joins the group: the `Coalescer`
-that flushes buffered deltas; it never wins.
-
-Whatever wins, exactly one terminal event is appended, and cancelling the
-upstream contender closes the upstream HTTP response.
+`Relay` admits new generations (refused while draining or at
+`limits.max_concurrent_streams`, counted before the first await so a burst
+cannot slip past the limit), starts each as a `Generation` in the app's task
+group, and on shutdown drains them: running ones get `server.drain_timeout`
+to finish, then are cut and end with `error: shutdown`.
 """
 
 from __future__ import annotations
@@ -19,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import anyio
@@ -27,21 +20,18 @@ from anyio.abc import TaskGroup
 from sse_starlette.sse import AppStatus
 
 from gateway import logs
-from gateway.coalesce import Coalescer
 from gateway.config import Settings
-from gateway.errors import Cancelled, GatewayError, Internal, OverCapacity, Shutdown
+from gateway.errors import OverCapacity, Shutdown
+from gateway.generation import Generation
 from gateway.limits import Slot
 from gateway.metrics import Metrics, StreamMeter
 from gateway.payloads import ChatRequest
 from gateway.routing import Router
 from gateway.store import StreamStore
-from gateway.upstream import Finish
 
 __all__ = ["Relay"]
 
 logger = logging.getLogger("gateway.relay")
-
-Outcome = Finish | GatewayError
 
 
 class Relay:
@@ -54,9 +44,6 @@ class Relay:
         metrics: Metrics,
     ) -> None:
         self._metrics = metrics
-        grace = settings.streams.disconnect_grace
-        #: What `_abandoned` returns: `cancelled` to clients, `client_gone` in metrics and logs.
-        self._client_gone = Cancelled(f"No client read the stream for {grace:g} seconds.")
         self._settings = settings
         self._store = store
         self._upstream = upstream
@@ -65,8 +52,6 @@ class Relay:
         self._idle = anyio.Event()
         self._idle.set()
         self._draining = False
-        #: The callers' concurrency slots of running generations, by stream id.
-        self._slots: dict[str, Slot] = {}
         #: One cancel scope per running generation, for `drain` to cut.
         self._running: set[anyio.CancelScope] = set()
 
@@ -78,30 +63,38 @@ class Relay:
 
     @property
     def active(self) -> int:
-        """Generations running now."""
+        """Generations running now (and admitted ones being set up)."""
         return self._active
 
-    async def start(
-        self, chat: ChatRequest, *, stream_id: str | None = None, slot: Slot | None = None
-    ) -> str:
-        """Create a stream and start generating into it; returns the new stream id.
+    async def start(self, chat: ChatRequest, *, stream_id: str | None, slot: Slot) -> str:
+        """Create a stream and start generating into it; returns its id (`stream_id`,
+        or a random one).
 
-        `stream_id` is a random one unless given; `slot` (the caller's concurrency
-        slot, see `limits`) is released when the generation ends, just before its
-        terminal event. If this raises, the slot is still the caller's to release.
+        From the moment this returns, the generation owns `slot` (the caller's
+        concurrency slot, see `limits`) and releases it when it ends. If this
+        raises, the slot is still the caller's to release.
         """
         self._admit()
-        self._upstream.check(chat.model)
         stream_id = stream_id or secrets.token_urlsafe(24)
-        await self._store.create(stream_id)
-        if slot is not None:
-            self._slots[stream_id] = slot
-        meter = self._begin()
-        logs.stream_id.set(stream_id)  # for the request's own log lines
-        request_id = logs.request_id.get()
-        self._tasks.start_soon(
-            self._run, stream_id, chat, meter, request_id, name=f"stream {stream_id}"
+        try:
+            self._upstream.check(chat.model)
+            await self._store.create(stream_id)
+        except BaseException:
+            self._leave()
+            raise
+        settings = self._settings
+        generation = Generation(
+            stream_id,
+            lambda on_token: self._upstream.complete(chat, on_token),
+            self._store,
+            meter=self._metrics.stream_started(),
+            slot=slot,
+            disconnect_grace=settings.streams.disconnect_grace,
+            coalesce=settings.sse.coalesce_ms / 1000,
+            log_content=(lambda text: _content(chat, text)) if settings.logging.content else None,
         )
+        logs.stream_id.set(stream_id)  # for the request's own log lines
+        self._tasks.start_soon(self._run, generation, logs.request_id.get(), name=stream_id)
         return stream_id
 
     @contextmanager
@@ -110,39 +103,11 @@ class Relay:
         refused and counted like the others, and cut by `drain` (it then raises
         cancellation). The caller finishes the meter."""
         self._admit()
-        meter = self._begin()
         try:
             with self._cancellable():
-                yield meter
+                yield self._metrics.stream_started()
         finally:
-            self._end()
-
-    @contextmanager
-    def _cancellable(self) -> Iterator[None]:
-        """A scope `drain` can cut."""
-        with anyio.CancelScope() as scope:
-            self._running.add(scope)
-            try:
-                yield
-            finally:
-                self._running.discard(scope)
-
-    def _admit(self) -> None:
-        if self.draining:
-            raise Shutdown(retry_after=1)
-        if self._active >= self._settings.limits.max_concurrent_streams:
-            raise OverCapacity(retry_after=1)
-
-    def _begin(self) -> StreamMeter:
-        self._active += 1
-        if self._active == 1:
-            self._idle = anyio.Event()
-        return self._metrics.stream_started()
-
-    def _end(self) -> None:
-        self._active -= 1
-        if not self._active:
-            self._idle.set()
+            self._leave()
 
     async def drain(self, timeout: float) -> None:
         """Refuse new streams, wait up to `timeout` seconds for running generations to
@@ -154,124 +119,43 @@ class Relay:
             scope.cancel()
         await self._idle.wait()
 
-    async def _run(
-        self, stream_id: str, chat: ChatRequest, meter: StreamMeter, request_id: str | None
-    ) -> None:
+    def _admit(self) -> None:
+        """Count one more generation, or refuse it; no await between check and count."""
+        if self.draining:
+            raise Shutdown(retry_after=1)
+        if self._active >= self._settings.limits.max_concurrent_streams:
+            raise OverCapacity(retry_after=1)
+        self._active += 1
+        if self._active == 1:
+            self._idle = anyio.Event()
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if not self._active:
+            self._idle.set()
+
+    @contextmanager
+    def _cancellable(self) -> Iterator[None]:
+        """A scope `drain` can cut."""
+        with anyio.CancelScope() as scope:
+            self._running.add(scope)
+            try:
+                yield
+            finally:
+                self._running.discard(scope)
+
+    async def _run(self, generation: Generation, request_id: str | None) -> None:
         # The task group is the app's, not the request's: carry the log context over.
         logs.request_id.set(request_id)
-        logs.stream_id.set(stream_id)
-        with self._cancellable():
-            await self._generate(stream_id, chat, meter)
-
-    async def _generate(self, stream_id: str, chat: ChatRequest, meter: StreamMeter) -> None:
-        async def append_token(text: str) -> None:
-            await self._store.append(stream_id, "token", '{"text": ' + json.dumps(text) + "}")
-
-        window = self._settings.sse.coalesce_ms / 1000
-        coalescer = Coalescer(append_token, window) if window else None
-
-        completion: list[str] | None = [] if self._settings.logging.content else None
-
-        async def on_token(text: str) -> None:
-            meter.token()
-            if completion is not None:
-                completion.append(text)
-            await (coalescer.add(text) if coalescer else append_token(text))
-
-        contenders: list[Callable[[], Awaitable[Outcome]]] = [
-            lambda: self._answer(chat, on_token),
-            lambda: self._cancelled(stream_id),
-            lambda: self._abandoned(stream_id),
-        ]
-        if coalescer:
-            contenders.append(coalescer.run)  # never wins: it flushes until cancelled
-        outcome: Outcome = Internal()
+        logs.stream_id.set(generation.stream_id)
         try:
-            outcome = await self._race(*contenders)
-        except anyio.get_cancelled_exc_class():
-            outcome = Shutdown()
-            raise
+            with self._cancellable():
+                await generation.run()
         finally:
-            with anyio.CancelScope(shield=True):
-                if coalescer:
-                    await coalescer.flush()
-                slot = self._slots.pop(stream_id, None)
-                if slot is not None:  # free before readers see the end, so they may start anew
-                    await slot.release()
-                await self._finish(stream_id, outcome)
-            self._end()
-            outcome_name = self._outcome_name(outcome)
-            meter.finish(outcome_name)
-            logger.info(
-                "stream finished",
-                extra={
-                    "outcome": outcome_name,
-                    "duration": round(meter.duration, 6),
-                    "tokens": meter.tokens,
-                    "ttft": None if meter.first_token is None else round(meter.first_token, 6),
-                    **_content(chat, completion),
-                },
-            )
-
-    @staticmethod
-    async def _race(*contenders: Callable[[], Awaitable[Outcome]]) -> Outcome:
-        """Run the contenders together; the first to return wins and cancels the rest."""
-        winner: Outcome | None = None
-        async with anyio.create_task_group() as race:
-
-            async def run(contender: Callable[[], Awaitable[Outcome]]) -> None:
-                nonlocal winner
-                outcome = await contender()
-                if winner is None:
-                    winner = outcome
-                    race.cancel_scope.cancel()
-
-            for contender in contenders:
-                race.start_soon(run, contender)
-        assert winner is not None
-        return winner
-
-    async def _answer(
-        self, chat: ChatRequest, on_token: Callable[[str], Awaitable[None]]
-    ) -> Outcome:
-        try:
-            return await self._upstream.complete(chat, on_token)
-        except GatewayError as exc:
-            return exc
-        except Exception:
-            logger.exception("generation failed")
-            return Internal()
-
-    async def _cancelled(self, stream_id: str) -> Outcome:
-        await self._store.wait_cancelled(stream_id)
-        return Cancelled()
-
-    async def _abandoned(self, stream_id: str) -> Outcome:
-        grace = self._settings.streams.disconnect_grace
-        await self._store.wait_abandoned(stream_id, grace)
-        return self._client_gone
-
-    def _outcome_name(self, outcome: Outcome) -> str:
-        """`done`, `client_gone` or the error code (`cancelled` for a DELETE)."""
-        if isinstance(outcome, Finish):
-            return "done"
-        return "client_gone" if outcome is self._client_gone else outcome.code
-
-    async def _finish(self, stream_id: str, outcome: Outcome) -> None:
-        if isinstance(outcome, Finish):
-            data = json.dumps({"finish_reason": outcome.finish_reason, "usage": outcome.usage})
-            event = "done"
-        else:
-            data, event = outcome.event_data(), "error"
-        try:
-            await self._store.append(stream_id, event, data)
-        except Exception:
-            logger.exception("cannot store the terminal event of stream %s", stream_id)
+            self._leave()
 
 
-def _content(chat: ChatRequest, completion: list[str] | None) -> dict[str, str]:
+def _content(chat: ChatRequest, completion: str) -> dict[str, str]:
     """The prompt and the answer, for the log line, when `logging.content` is on."""
-    if completion is None:
-        return {}
     prompt = json.dumps([message.model_dump() for message in chat.messages], ensure_ascii=False)
-    return {"prompt": prompt, "completion": "".join(completion)}
+    return {"prompt": prompt, "completion": completion}

@@ -20,7 +20,7 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.config import Settings
-from gateway.errors import GatewayError, error_response, from_event_data
+from gateway.errors import GatewayError, StoreUnavailable, error_response, from_event_data
 from gateway.events import HEARTBEAT, frame, retry
 from gateway.metrics import Metrics
 from gateway.store import StoredEvent, StreamStore
@@ -32,6 +32,8 @@ logger = logging.getLogger("gateway.responses")
 Format = Literal["sse", "text"]
 
 _WRITE_SIZE = 64 * 1024
+#: How often a reader tries an unreachable store again.
+_OUTAGE_POLL = 0.5
 
 
 class _Aborted(Exception):
@@ -61,6 +63,8 @@ class StreamResponse:
         self._format = format
         self._hold = hold
         self._headers = headers
+        #: When the store became unreachable for this reader, if it is now.
+        self._outage_since: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sse = self._settings.sse
@@ -111,15 +115,30 @@ class StreamResponse:
                             raise _Aborted(from_event_data(batch[-1].data).code)
                         return
                     cursor = batch[-1].id
-                batch = await self._store.read(
-                    self._stream_id, cursor, self._settings.sse.heartbeat
-                )
+                batch = await self._read(cursor)
                 if not batch and sse:
                     yield HEARTBEAT
         except GatewayError as exc:
             if not sse:
                 raise _Aborted(exc.code) from exc
             yield frame("error", exc.event_data())
+
+    async def _read(self, cursor: int) -> Sequence[StoredEvent]:
+        """The next batch; while the store is unreachable, nothing (a heartbeat goes
+        out) until it is back, for up to `streams.store_outage`."""
+        heartbeat = self._settings.sse.heartbeat
+        try:
+            batch = await self._store.read(self._stream_id, cursor, heartbeat)
+        except StoreUnavailable:
+            now = anyio.current_time()
+            if self._outage_since is None:
+                self._outage_since = now
+            if now - self._outage_since >= self._settings.streams.store_outage:
+                raise
+            await anyio.sleep(min(heartbeat, _OUTAGE_POLL))
+            return ()
+        self._outage_since = None
+        return batch
 
 
 def _frames(batch: Sequence[StoredEvent]) -> Iterator[bytes]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -64,7 +65,8 @@ async def _start(gateway: Gateway, identity: Identity, chat: ChatRequest) -> str
         stream_id = gateway.auth.new_stream_id(identity)
         return await gateway.relay.start(chat, stream_id=stream_id, slot=slot)
     except BaseException:
-        await slot.release()
+        with anyio.CancelScope(shield=True):
+            await slot.release()
         raise
 
 

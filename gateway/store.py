@@ -16,10 +16,13 @@ import importlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.config import Settings
 from gateway.events import frame
+
+if TYPE_CHECKING:
+    from gateway.limits import Counters
 
 __all__ = ["STORES", "StoredEvent", "StreamInfo", "StreamStore", "create_store"]
 
@@ -65,14 +68,27 @@ class StreamStore(Protocol):
     async def close(self) -> None:
         """Release connections and timers."""
 
+    async def run(self) -> None:
+        """Background work (lease renewal, signals), run in the lifespan's task group
+        until cancelled; it survives the backend going away and coming back."""
+
     async def ready(self) -> bool:
-        """Whether new streams can be stored right now."""
+        """Whether new streams can be created right now."""
+
+    def counters(self) -> Counters:
+        """The per-caller limit counters, on the same backend and connections."""
 
     async def create(self, stream_id: str) -> None:
         """Register an empty stream."""
 
     async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
-        """Add the next event; a terminal one finishes the stream and starts its retention."""
+        """Add the next event; a terminal one finishes the stream and starts its retention.
+
+        Exactly once: a backend call that is retried, or whose reply was lost, never
+        stores an event twice or reuses an id. Raises `StoreUnavailable` when the
+        backend stays away (then the stream cannot go on; a terminal event may still
+        follow), `GenerationLost` when the stream was ended for a lost generation.
+        """
 
     async def info(self, stream_id: str) -> StreamInfo | None:
         """The stream's extent, or `None` when it does not exist (or expired)."""

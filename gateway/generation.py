@@ -1,0 +1,216 @@
+"""One generation: a supervised race whose every ending writes exactly one terminal event.
+
+A generation is a race of contenders in one task group; the first to finish
+decides the outcome and cancels the others (see ARCHITECTURE.md):
+
+- the upstream answer completes (`done`) or fails (`error` with its code);
+- `DELETE /v1/streams/{id}` asks for cancellation (`error: cancelled`);
+- no reader has been attached for `streams.disconnect_grace` (`error: cancelled`);
+- with `sse.coalesce_ms` set, the `Coalescer` flushing buffered deltas (it only
+  finishes by failing, e.g. when the store fails under it).
+
+Every contender ends in an outcome: an exception inside one (a store that
+fails mid-append, a bug) becomes that contender's outcome, never an exception
+that leaves the generation. `Generation.run` then, shielded from cancellation,
+flushes what is buffered, releases the caller's slot and writes the terminal
+event, each step on its own so that one failing cannot skip the next.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from gateway import logs
+from gateway.coalesce import Coalescer
+from gateway.errors import (
+    Cancelled,
+    GatewayError,
+    GenerationLost,
+    Internal,
+    Shutdown,
+    StoreUnavailable,
+)
+from gateway.limits import Slot
+from gateway.metrics import StreamMeter
+from gateway.store import StreamStore
+from gateway.upstream import Finish, OnToken
+
+__all__ = ["Answer", "Generation", "Outcome"]
+
+logger = logging.getLogger("gateway.generation")
+
+Outcome = Finish | GatewayError
+#: Streams the answer, handing each text delta on; returns how it finished.
+Answer = Callable[[OnToken], Awaitable[Finish]]
+
+
+class Generation:
+    """Generates one stream into `store`; `run` it in a task the gateway owns."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        answer: Answer,
+        store: StreamStore,
+        *,
+        meter: StreamMeter,
+        slot: Slot,
+        disconnect_grace: float,
+        coalesce: float = 0.0,
+        log_content: Callable[[str], dict[str, str]] | None = None,
+    ) -> None:
+        """`coalesce` is the window in seconds (0: every delta is its own event);
+        `log_content`, when content logging is on, turns the answer's text into the
+        fields of the finished-stream log line."""
+        self.stream_id = stream_id
+        self._answer = answer
+        self._store = store
+        self._meter = meter
+        self._slot = slot
+        self._grace = disconnect_grace
+        self._coalescer = Coalescer(self._append_text, coalesce) if coalesce else None
+        self._log_content = log_content
+        self._text: list[str] | None = [] if log_content else None
+        #: The outcome of `_abandoned`: `cancelled` to clients, `client_gone` in metrics.
+        self._client_gone = Cancelled(
+            f"No client read the stream for {disconnect_grace:g} seconds."
+        )
+
+    async def run(self) -> Outcome:
+        """Race to an outcome, then end the stream; returns the outcome.
+
+        Only cancellation (drain cutting the generation) leaves by exception,
+        and then too the stream ends, with `error: shutdown`.
+        """
+        contenders: list[Callable[[], Awaitable[Outcome]]] = [
+            self._upstream,
+            self._cancelled,
+            self._abandoned,
+        ]
+        if self._coalescer is not None:
+            contenders.append(self._coalescer.run)
+        outcome: Outcome = Internal()
+        try:
+            outcome = await race(*contenders)
+        except anyio.get_cancelled_exc_class():
+            outcome = Shutdown()
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                outcome = await self._end(outcome)
+        return outcome
+
+    # -- the contenders ----------------------------------------------------------------
+
+    async def _upstream(self) -> Outcome:
+        return await self._answer(self._on_token)
+
+    async def _on_token(self, text: str) -> None:
+        self._meter.token()
+        if self._text is not None:
+            self._text.append(text)
+        if self._coalescer is not None:
+            await self._coalescer.add(text)
+        else:
+            await self._append_text(text)
+
+    async def _append_text(self, text: str) -> None:
+        await self._store.append(self.stream_id, "token", '{"text": ' + json.dumps(text) + "}")
+
+    async def _cancelled(self) -> Outcome:
+        await self._store.wait_cancelled(self.stream_id)
+        return Cancelled()
+
+    async def _abandoned(self) -> Outcome:
+        await self._store.wait_abandoned(self.stream_id, self._grace)
+        return self._client_gone
+
+    # -- the end -----------------------------------------------------------------------
+
+    async def _end(self, outcome: Outcome) -> Outcome:
+        """Flush, free the slot, write the terminal event, record: each step is tried
+        whatever the one before did. Returns the outcome the stream ended with."""
+        if self._coalescer is not None and not isinstance(outcome, StoreUnavailable):
+            try:
+                await self._coalescer.flush()
+            except Exception as exc:  # text is missing: the answer cannot end `done`
+                outcome = _as_outcome(exc)
+        # Free before readers see the end, so a client that saw it may start anew.
+        await self._slot.release()
+        if not isinstance(outcome, GenerationLost):  # else the stream was ended for us
+            try:
+                await self._store.append(self.stream_id, *_terminal(outcome))
+            except Exception as exc:
+                # Readers still end: a store that lost the writer ends the stream
+                # with `generation_lost` (see the Redis store's lease).
+                logger.warning(
+                    "stream %s: cannot store the terminal event: %r", self.stream_id, exc
+                )
+                outcome = _as_outcome(exc)
+        self._record(outcome)
+        return outcome
+
+    def _record(self, outcome: Outcome) -> None:
+        name = self.outcome_name(outcome)
+        meter = self._meter
+        meter.finish(name)
+        extra: dict[str, Any] = {
+            "outcome": name,
+            "duration": round(meter.duration, 6),
+            "tokens": meter.tokens,
+            "ttft": None if meter.first_token is None else round(meter.first_token, 6),
+        }
+        if self._log_content is not None and self._text is not None:
+            extra.update(self._log_content("".join(self._text)))
+        logs.stream_id.set(self.stream_id)
+        logger.info("stream finished", extra=extra)
+
+    def outcome_name(self, outcome: Outcome) -> str:
+        """`done`, `client_gone` or the error code (`cancelled` for a DELETE)."""
+        if isinstance(outcome, Finish):
+            return "done"
+        return "client_gone" if outcome is self._client_gone else outcome.code
+
+
+async def race(*contenders: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """Run the contenders together; the first to finish wins and cancels the rest.
+
+    A contender that raises finishes with its exception as its outcome.
+    """
+    winner: Outcome | None = None
+    async with anyio.create_task_group() as group:
+
+        async def run(contender: Callable[[], Awaitable[Outcome]]) -> None:
+            nonlocal winner
+            try:
+                outcome = await contender()
+            except Exception as exc:
+                outcome = _as_outcome(exc)
+            if winner is None:
+                winner = outcome
+                group.cancel_scope.cancel()
+
+        for contender in contenders:
+            group.start_soon(run, contender)
+    assert winner is not None
+    return winner
+
+
+def _as_outcome(exc: Exception) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    logger.error("generation failed", exc_info=exc)
+    return Internal()
+
+
+def _terminal(outcome: Outcome) -> tuple[str, str]:
+    """The terminal event's name and JSON data."""
+    if isinstance(outcome, Finish):
+        data = {"finish_reason": outcome.finish_reason, "usage": outcome.usage}
+        return "done", json.dumps(data)
+    return "error", outcome.event_data()
