@@ -34,7 +34,7 @@ from gateway.relay import Relay
 from gateway.routes import Gateway, routes
 from gateway.routing import Router
 from gateway.simulator import Simulator
-from gateway.store import create_store
+from gateway.store import StreamStore, create_store
 from gateway.web import DEFAULT_DIRECTORY, WebMount
 
 __all__ = ["create_app"]
@@ -42,11 +42,19 @@ __all__ = ["create_app"]
 logger = logging.getLogger("gateway.app")
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: StreamStore | None = None,
+    router: Router | None = None,
+) -> Starlette:
+    """The gateway; `store` and `router` replace the configured ones (tests script
+    them). The lifespan opens and closes them either way."""
     settings = settings or load_settings()
     simulator = Simulator(settings.simulator) if settings.simulator.enabled else None
     metrics = Metrics(settings.metrics)
     auth = Authenticator(settings)
+    given_store, given_router = store, router
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -54,10 +62,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logger.warning(warning)
         # Whatever fails while starting, what was opened before it is closed again.
         async with AsyncExitStack() as stack:
-            store = create_store(settings, on_error=metrics.redis_errors.inc)
+            store = given_store
+            if store is None:  # (not `or`: an empty memory store is falsy)
+                store = create_store(settings, on_error=metrics.redis_errors.inc)
             await store.open()
             stack.push_async_callback(store.close)
-            router = Router(settings, metrics)
+            router = given_router if given_router is not None else Router(settings, metrics)
             stack.push_async_callback(router.aclose)
             limits = Limits(settings, store.counters())
             tasks = await stack.enter_async_context(anyio.create_task_group())

@@ -1,0 +1,169 @@
+"""The whole app in-process with a scripted upstream and store: faults in one stream
+stay in that stream, admission holds under a burst, and drain always finishes.
+
+Starlette's `TestClient` runs the lifespan and serves requests without sockets;
+every response here is finite (a stream's body ends with its terminal event).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import anyio
+import pytest
+from starlette.testclient import TestClient
+
+from gateway import create_app
+from gateway.config import Settings, load_settings
+from gateway.errors import StoreUnavailable
+from gateway.memory import MemoryStore
+from gateway.payloads import ChatRequest
+from gateway.store import StoredEvent
+from gateway.upstream import Finish, OnToken
+
+EXIT_WATCHDOG = 10.0  # drain_timeout is 0.5 s: far less is expected
+
+
+def settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {"simulator": {"enabled": False}, "server": {"drain_timeout": 0.5}}
+    return load_settings(os.devnull, environ={}, overrides={**base, **overrides})
+
+
+class ScriptedRouter:
+    """An upstream whose answer is the prompt's words; `slow` in the prompt spaces them
+    a second apart (a stream that is still running when the test acts)."""
+
+    def check(self, model: str | None) -> None:
+        pass
+
+    def models(self) -> list[str]:
+        return ["scripted"]
+
+    async def complete(self, chat: ChatRequest, on_token: OnToken) -> Finish:
+        words = chat.messages[-1].content.split()
+        for word in words:
+            await on_token(word + " ")
+            await anyio.sleep(1 if "slow" in words else 0.002)
+        return Finish("stop", None)
+
+    async def relay(self, model: str, arguments: dict[str, Any], on_chunk: OnToken) -> Finish:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+class FaultyStore(MemoryStore):
+    """Fails the appends `fails(stream_id, event, data)` picks; `create` takes a turn
+    of the event loop, as a networked store's would."""
+
+    def __init__(self, settings: Settings, fails: Callable[[str, str, str], bool]) -> None:
+        super().__init__(settings)
+        self._fails = fails
+
+    async def create(self, stream_id: str) -> None:
+        await anyio.sleep(0.01)
+        await super().create(stream_id)
+
+    async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
+        if self._fails(stream_id, event, data):
+            raise StoreUnavailable()
+        return await super().append(stream_id, event, data)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def start(
+        fails: Callable[[str, str, str], bool] = lambda *_: False, **overrides: Any
+    ) -> TestClient:
+        config = settings(**overrides)
+        app = create_app(config, store=FaultyStore(config, fails), router=ScriptedRouter())  # type: ignore[arg-type]
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        started = time.monotonic()
+        client.__exit__(None, None, None)  # the lifespan drains: it must end
+        assert time.monotonic() - started < EXIT_WATCHDOG
+
+
+def create(client: TestClient, text: str) -> str:
+    response = client.post("/v1/streams", json={"messages": [{"role": "user", "content": text}]})
+    assert response.status_code == 201, response.text
+    return str(response.json()["events_url"])
+
+
+def events(client: TestClient, events_url: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, event, data) of every event of the stream, read to its end."""
+    body = client.get(events_url).text
+    found = []
+    for block in body.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            found.append((fields.get("id", ""), fields["event"], json.loads(fields["data"])))
+    return found
+
+
+def test_a_failed_coalescer_flush_ends_only_its_own_stream(
+    serve: Callable[..., TestClient],
+) -> None:
+    """Before: the flush's exception escaped into the app's task group, cancelling every
+    other generation and closing the store while the server kept serving."""
+    words = " ".join(f"w{i}" for i in range(30))
+    client = serve(
+        fails=lambda _id, event, data: event == "token" and "doomed" in data,
+        sse={"coalesce_ms": 5},
+    )
+    other = create(client, words)
+    doomed = create(client, "first doomed " + words)
+    assert events(client, doomed)[-1][1:] == (
+        "error",
+        {
+            "code": "store_unavailable",
+            "message": "The stream store is unavailable; try again shortly.",
+            "retryable": True,
+        },
+    )
+    received = events(client, other)
+    assert received[-1][1] == "done"
+    assert "".join(data["text"] for _, name, data in received if name == "token") == words + " "
+    later = create(client, "still serving")
+    assert events(client, later)[-1][1] == "done"
+
+
+def test_a_failed_terminal_event_still_frees_the_slot(serve: Callable[..., TestClient]) -> None:
+    client = serve(
+        fails=lambda _id, event, _data: event == "done",
+        limits={"concurrent_streams_per_identity": 1},
+    )
+    body = {"messages": [{"role": "user", "content": "a b c"}]}
+    assert client.post("/v1/streams", json=body).status_code == 201
+    deadline = time.monotonic() + 5
+    while (status := client.post("/v1/streams", json=body).status_code) == 429:
+        assert time.monotonic() < deadline, "the slot never came back"
+        time.sleep(0.01)
+    assert status == 201
+
+
+def test_admission_holds_under_a_burst(serve: Callable[..., TestClient]) -> None:
+    """Before: the capacity check and the count were on either side of the store's
+    `create`, and a burst was admitted far past `max_concurrent_streams`."""
+    client = serve(limits={"max_concurrent_streams": 5})
+    body = {"messages": [{"role": "user", "content": "slow slow slow"}]}
+    with ThreadPoolExecutor(40) as pool:
+        statuses = list(pool.map(lambda _: client.post("/v1/streams", json=body), range(40)))
+    admitted = [r.json()["id"] for r in statuses if r.status_code == 201]
+    assert len(admitted) == 5
+    assert {r.status_code for r in statuses} == {201, 503}
+    for stream_id in admitted:
+        assert client.delete(f"/v1/streams/{stream_id}").status_code == 204
