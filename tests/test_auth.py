@@ -27,7 +27,7 @@ from gateway.auth import hash_key, startup_warnings
 from gateway.cli import main
 from gateway.config import ConfigError, load_settings
 
-from .conftest import marker, read_events, test_settings, text_of
+from .conftest import marker, read_events, test_settings, text_of, wait_until
 
 ALICE, BOB = "alice-key-0f3b9c2e", "bob-key-77d1a04e"
 API_KEYS = {"auth": {"mode": "api_key", "api_keys": [hash_key(ALICE), hash_key(BOB)]}}
@@ -467,8 +467,10 @@ def test_no_secret_or_prompt_reaches_the_logs(client, gateway, captured_logs):
     client.post(f"{server.url}/v1/streams", json=body(word), headers={"X-Auth": BOB})
     client.post(f"{server.url}/v1/streams", json=body(word), headers=bearer("guess-" + ALICE))
     client.get(f"{server.url}/v1/streams/x/events?token=forged.{token}")
+    # The generation logs its end just after its readers saw it.
+    wait_until(lambda: '"event": "stream finished"' in captured_logs.getvalue())
     output = captured_logs.getvalue()
-    assert '"event": "request finished"' in output and '"event": "stream finished"' in output
+    assert '"event": "request finished"' in output
     assert "[REDACTED]" in output  # the token in the events URL's query
     for secret in (ALICE, BOB, token, token.split(".")[1], "sk-test-secret-key", word):
         assert secret not in output
@@ -480,8 +482,14 @@ def test_logging_content_logs_prompt_and_completion(client, gateway, captured_lo
     response = client.post(f"{url}/v1/streams", json=body(word, "[[sim tokens=3]]"))
     events_url = f"{url}{response.json()['events_url']}"
     answer = text_of(read_events(client, events_url))
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
-    (finished,) = [line for line in lines if line["event"] == "stream finished"]
+
+    def finished_lines() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+        return [line for line in lines if line["event"] == "stream finished"]
+
+    # The generation logs its end just after its readers saw it: wait for the line.
+    wait_until(lambda: bool(finished_lines()))
+    (finished,) = finished_lines()
     assert word in json.loads(finished["prompt"])[0]["content"]
     assert finished["completion"] == answer
 

@@ -82,7 +82,9 @@ def test_request_id_reaches_response_upstream_and_every_log_line(simulator, tmp_
         bad = client.get(f"{url}/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
         assert bad.headers["x-request-id"] != "bad id\twith spaces"
         wait_until(
-            lambda: '"request finished"' in log.read_text() and events_rid in log.read_text()
+            lambda: '"request finished"' in log.read_text()
+            and events_rid in log.read_text()
+            and '"stream finished"' in log.read_text()
         )
 
     assert simulator.sim.find(word)[0].headers["x-request-id"] == rid
@@ -94,7 +96,7 @@ def test_request_id_reaches_response_upstream_and_every_log_line(simulator, tmp_
     assert {
         ("gateway.http", "request finished"),
         ("gateway.upstream", "upstream request finished"),
-        ("gateway.relay", "stream finished"),
+        ("gateway.generation", "stream finished"),
     } <= by_event
     for line in of_stream:
         expected = events_rid if line.get("path", "").endswith("token=[REDACTED]") else rid
@@ -123,7 +125,7 @@ def test_console_format_is_readable_lines(simulator, tmp_path):
         rid = response.headers["x-request-id"]
         wait_until(lambda: "stream finished" in log.read_text())
     line = next(line for line in log.read_text().splitlines() if "stream finished" in line)
-    assert " INFO gateway.relay: stream finished " in line
+    assert " INFO gateway.generation: stream finished " in line
     assert f"request_id={rid}" in line and "outcome=done" in line and "tokens=2" in line
     assert not line.startswith("{")
 

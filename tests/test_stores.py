@@ -1,0 +1,218 @@
+"""The store contract: the same cases against the memory and the Redis store, directly.
+
+Routes and generations rely only on what is checked here, so the HTTP tests
+need not run twice. The Redis cases use a real redis-server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.config import Settings, load_settings
+from gateway.errors import GenerationLost, NotFound, ResumeUnavailable
+from gateway.store import StreamStore, create_store
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.anyio
+WATCHDOG = 5.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def store_settings(name: str, server: RedisServer | None, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {"streams": {"store": name, "max_events": 5}}
+    if server is not None:
+        base["redis"] = {"url": server.url, "lease_ttl": 0.4}
+    for key, value in overrides.items():
+        base.setdefault(key, {}).update(value)
+    return load_settings(os.devnull, environ={}, overrides=base)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def store(name: str, request: pytest.FixtureRequest) -> AsyncIterator[StreamStore]:
+    server = request.getfixturevalue("redis_server") if name == "redis" else None
+    store = create_store(store_settings(name, server))
+    await store.open()
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(store.run)
+            with anyio.fail_after(WATCHDOG):
+                yield store
+            tasks.cancel_scope.cancel()
+    finally:
+        await store.close()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def test_ids_are_one_sequence_and_the_terminal_event_finishes(store: StreamStore) -> None:
+    stream = new_id()
+    await store.create(stream)
+    assert await store.info(stream) == _info(1, 0, False)
+    for i in range(1, 3):
+        stored = await store.append(stream, "token", f'{{"text": "{i}"}}')
+        assert (stored.id, stored.event) == (i, "token")
+        assert stored.frame == f'id: {i}\nevent: token\ndata: {{"text": "{i}"}}\n\n'.encode()
+    done = await store.append(stream, "done", "{}")
+    assert done.id == 3 and done.terminal
+    assert await store.info(stream) == _info(1, 3, True)
+    assert [e.id for e in await store.read(stream, 0, 0.1)] == [1, 2, 3]
+    assert [e.event for e in await store.read(stream, 1, 0.1)] == ["token", "done"]
+
+
+async def test_a_read_waits_for_the_next_event_or_times_out(store: StreamStore) -> None:
+    stream = new_id()
+    await store.create(stream)
+    assert await store.read(stream, 0, 0.05) == []
+    async with anyio.create_task_group() as tasks:
+
+        async def append_later() -> None:
+            await anyio.sleep(0.05)
+            await store.append(stream, "token", '{"text": "x"}')
+
+        tasks.start_soon(append_later)
+        batch = await store.read(stream, 0, 2)
+    assert [e.data for e in batch] == ['{"text": "x"}']
+
+
+async def test_events_past_max_events_cannot_be_resumed(store: StreamStore) -> None:
+    stream = new_id()
+    await store.create(stream)
+    for _ in range(8):
+        await store.append(stream, "token", '{"text": "x"}')
+    info = await store.info(stream)
+    assert info is not None and (info.first_id, info.last_id) == (4, 8)
+    with pytest.raises(ResumeUnavailable):
+        await store.read(stream, 1, 0.1)
+    assert [e.id for e in await store.read(stream, 3, 0.1)] == [4, 5, 6, 7, 8]
+
+
+async def test_unknown_streams(store: StreamStore) -> None:
+    assert await store.info("nope") is None
+    assert await store.cancel("nope") is False
+    with pytest.raises(NotFound):
+        await store.read("nope", 0, 0.1)
+
+
+async def test_cancel_reaches_the_generation(store: StreamStore) -> None:
+    stream = new_id()
+    await store.create(stream)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(store.wait_cancelled, stream)
+        await anyio.sleep(0.01)
+        assert await store.cancel(stream) is True
+    # (the task group only exits once wait_cancelled returned)
+
+
+async def test_abandoned_once_no_reader_for_the_grace(store: StreamStore) -> None:
+    stream = new_id()
+    await store.create(stream)
+    async with store.attach(stream):
+        with anyio.move_on_after(0.2) as waited:
+            await store.wait_abandoned(stream, 0.05)
+        assert waited.cancelled_caught  # a reader is attached: never abandoned
+    started = anyio.current_time()
+    await store.wait_abandoned(stream, 0.05)
+    assert anyio.current_time() - started >= 0.05
+
+
+async def test_counters_count_atomically(store: StreamStore) -> None:
+    counters = store.counters()
+    key = f"sse:test:{new_id()}"
+    assert [(await counters.hit(key, 60))[0] for _ in range(3)] == [1, 2, 3]
+    slots = f"sse:test:{new_id()}"
+    results = []
+
+    async def acquire(member: str) -> None:
+        results.append(await counters.acquire(slots, member, 5, 60))
+
+    async with anyio.create_task_group() as tasks:
+        for i in range(20):
+            tasks.start_soon(acquire, str(i))
+    assert results.count(True) == 5
+    await counters.release(slots, "nobody")  # harmless
+    for i in range(20):
+        await counters.release(slots, str(i))
+    assert await counters.acquire(slots, "again", 1, 60)
+
+
+# -- Redis only: what a network in between adds -----------------------------------------
+
+
+async def test_redis_append_sent_twice_is_stored_once(redis_server: RedisServer) -> None:
+    """A call redis-py re-sends after a timeout (its first send was applied) must not
+    store the event twice or fail half-way (before: MULTI/EXEC applied twice)."""
+    store = create_store(store_settings("redis", redis_server))
+    await store.open()
+    try:
+        stream = new_id()
+        await store.create(stream)
+        await store.append(stream, "token", '{"text": "a"}')
+        # The script exactly as `append` sends it for id 2, sent twice.
+        client = aioredis.from_url(redis_server.url, decode_responses=True)
+        keys = [f"sse:{{{stream}}}:{part}" for part in ("events", "meta", "lease", "readers")]
+        keys.append(f"sse:{{{stream}}}:cancel")
+        script = client.register_script(_append_script())
+        args = [2, "token", '{"text": "b"}', 5, "instance", 1000, 0, 1000, 60]
+        assert await script(keys=keys, args=args) == 2
+        assert await script(keys=keys, args=args) == 2
+        await client.aclose()
+        batch = await store.read(stream, 0, 0.1)
+        assert [(e.id, e.data) for e in batch] == [(1, '{"text": "a"}'), (2, '{"text": "b"}')]
+    finally:
+        await store.close()
+
+
+async def test_redis_lost_generation_ends_with_an_id(redis_server: RedisServer) -> None:
+    """The generating instance is gone (its lease lapsed): a reader ends the stream with
+    `error: generation_lost` stored under the next id, so a resume after it is 204 and the
+    generation, if it was only cut off, learns it lost."""
+    writer = create_store(store_settings("redis", redis_server))
+    reader = create_store(store_settings("redis", redis_server))
+    await writer.open()
+    await reader.open()
+    try:
+        stream = new_id()
+        await writer.create(stream)
+        await writer.append(stream, "token", '{"text": "a"}')
+        # The writer stops renewing (it never runs `run`): the 0.4 s lease lapses.
+        with anyio.fail_after(WATCHDOG):
+            batch = await reader.read(stream, 1, 3)
+        assert [(e.id, e.event) for e in batch] == [(2, "error")]
+        assert '"generation_lost"' in batch[0].data
+        assert await reader.info(stream) == _info(1, 2, True)
+        with pytest.raises(GenerationLost):
+            await writer.append(stream, "token", '{"text": "late"}')
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+def _append_script() -> str:
+    from gateway import redis_store
+
+    script: str = redis_store._APPEND
+    return script
+
+
+def _info(first: int, last: int, finished: bool) -> Any:
+    from gateway.store import StreamInfo
+
+    return StreamInfo(first, last, finished)
