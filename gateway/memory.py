@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -159,3 +160,25 @@ class MemoryStore:
             return self._streams[stream_id]
         except KeyError:
             raise NotFound("No such stream.") from None
+
+    # -- chats of the AI SDK endpoint (gateway.ui_chat) ----------------------------------
+
+    @functools.cached_property
+    def _chats(self) -> dict[str, str]:
+        """Chat key -> stream id, oldest first; an entry lives no longer than its stream."""
+        return {}
+
+    async def set_chat(self, chat_key: str, stream_id: str) -> None:
+        chats = self._chats
+        chats.pop(chat_key, None)
+        chats[chat_key] = stream_id
+        while chats[oldest := next(iter(chats))] not in self._streams:
+            del chats[oldest]  # its stream expired; the new entry is last and stops this
+
+    async def chat_stream(self, chat_key: str) -> str | None:
+        stream_id = self._chats.get(chat_key)
+        return stream_id if stream_id in self._streams else None
+
+    async def forget_chat(self, chat_key: str, stream_id: str) -> None:
+        if self._chats.get(chat_key) == stream_id:
+            del self._chats[chat_key]
