@@ -80,8 +80,15 @@ system-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# The AI SDK (npm `ai`, pinned by tests/node/package-lock.json) for tests/test_ai_sdk.py;
+# skipped where npm is missing (those tests then skip, saying why).
+NODE_TESTS := tests/node
+$(NODE_TESTS)/node_modules/.package-lock.json: $(NODE_TESTS)/package-lock.json
+	@if command -v npm >/dev/null; then cd $(NODE_TESTS) && npm ci --no-audit --no-fund; \
+	else echo "npm not found: the AI SDK client tests will be skipped"; fi
+
 ## Install what the suite needs and run it.
-test: $(VENV)/.test system-deps
+test: $(VENV)/.test system-deps $(NODE_TESTS)/node_modules/.package-lock.json
 	$(BIN)/pytest
 
 ## Format check, lint and type check.

@@ -35,6 +35,7 @@ from gateway.routes import Gateway, routes
 from gateway.routing import Router
 from gateway.simulator import Simulator
 from gateway.store import StreamStore, create_store
+from gateway.ui_chat import routes as ui_chat_routes
 from gateway.web import DEFAULT_DIRECTORY, WebMount
 
 __all__ = ["create_app"]
@@ -84,7 +85,7 @@ def create_app(
                 yield {"gateway": gateway}
             await relay.drain(settings.server.drain_timeout)
 
-    app_routes = routes() + openai_routes()
+    app_routes = routes() + openai_routes() + ui_chat_routes()
     if settings.metrics.enabled and settings.metrics.port is None:
         app_routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
     if simulator is not None:

@@ -78,6 +78,8 @@ class MemoryStore:
         self._retention = settings.streams.retention
         self._streams: dict[str, _Stream] = {}
         self._counters = MemoryCounters()
+        #: Chat key -> stream id, oldest first; an entry lives no longer than its stream.
+        self._chats: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -167,6 +169,23 @@ class MemoryStore:
             return self._streams[stream_id]
         except KeyError:
             raise NotFound("No such stream.") from None
+
+    # -- chats of the AI SDK endpoint (gateway.ui_chat) ----------------------------------
+
+    async def set_chat(self, chat_key: str, stream_id: str) -> None:
+        chats = self._chats
+        chats.pop(chat_key, None)
+        chats[chat_key] = stream_id
+        while chats[oldest := next(iter(chats))] not in self._streams:
+            del chats[oldest]  # its stream expired; the new entry is last and stops this
+
+    async def chat_stream(self, chat_key: str) -> str | None:
+        stream_id = self._chats.get(chat_key)
+        return stream_id if stream_id in self._streams else None
+
+    async def forget_chat(self, chat_key: str, stream_id: str) -> None:
+        if self._chats.get(chat_key) == stream_id:
+            del self._chats[chat_key]
 
 
 class MemoryCounters:

@@ -436,6 +436,22 @@ class RedisStore:
                 if cancelled and generation is not None:
                     generation.cancelled.set()
 
+    # -- chats of the AI SDK endpoint (gateway.ui_chat) ----------------------------------
+
+    async def set_chat(self, chat_key: str, stream_id: str) -> None:
+        async with self._calls() as client:
+            await client.set(f"sse:chat:{{{chat_key}}}", stream_id, ex=self._unfinished_s)
+
+    async def chat_stream(self, chat_key: str) -> str | None:
+        async with self._calls() as client:
+            stream_id = await client.get(f"sse:chat:{{{chat_key}}}")
+        return None if stream_id is None else str(stream_id)
+
+    async def forget_chat(self, chat_key: str, stream_id: str) -> None:
+        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
+        async with self._calls() as client:
+            await client.eval(script, 1, f"sse:chat:{{{chat_key}}}", stream_id)
+
 
 def _sse_id(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])

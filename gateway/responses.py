@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -25,7 +25,7 @@ from gateway.events import HEARTBEAT, frame, retry
 from gateway.metrics import Metrics
 from gateway.store import StoredEvent, StreamStore
 
-__all__ = ["StreamResponse", "send_within", "sse_error_response"]
+__all__ = ["Encoder", "StreamResponse", "send_within", "sse_error_response"]
 
 logger = logging.getLogger("gateway.responses")
 
@@ -40,6 +40,23 @@ class _Aborted(Exception):
     """A text stream failed after its first byte: the response must not look complete."""
 
 
+class Encoder(Protocol):
+    """Writes a stream as another SSE dialect (the AI SDK's UI message stream, see
+    `gateway.ui_chat`) instead of the gateway's own events."""
+
+    def opening(self) -> bytes:
+        """What the response starts with."""
+
+    def encode(self, events: Sequence[StoredEvent]) -> Iterator[bytes]:
+        """The bytes for some events; after the terminal one, the dialect's end."""
+
+    def failure(self, exc: GatewayError) -> bytes:
+        """The end of a stream that could not be read to its terminal event."""
+
+    async def finished(self) -> None:
+        """Called once the terminal event has been written to the client."""
+
+
 class StreamResponse:
     def __init__(
         self,
@@ -52,9 +69,11 @@ class StreamResponse:
         format: Format = "sse",
         hold: bool = False,
         headers: dict[str, str] | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         """`hold` waits (up to one heartbeat) for the first event before answering,
-        so a stream that fails at once is answered with its HTTP status instead."""
+        so a stream that fails at once is answered with its HTTP status instead.
+        `encoder` (with the `sse` format) replaces the gateway's event frames."""
         self._store = store
         self._stream_id = stream_id
         self._settings = settings
@@ -63,6 +82,7 @@ class StreamResponse:
         self._format = format
         self._hold = hold
         self._headers = headers
+        self._encoder = encoder
         #: When the store became unreachable for this reader, if it is now.
         self._outage_since: float | None = None
 
@@ -101,18 +121,29 @@ class StreamResponse:
         return 0 if self._store.shared else self._settings.server.drain_timeout + 1
 
     async def _body(self, batch: Sequence[StoredEvent]) -> AsyncIterator[bytes]:
-        sse = self._format == "sse"
-        if sse:
+        sse, encoder = self._format == "sse", self._encoder
+        if encoder:
+            yield encoder.opening()
+        elif sse:
             yield retry(self._settings.sse.retry_ms)
         cursor = self._after
         try:
             while True:
                 if batch:
-                    for piece in _pieces(_frames(batch) if sse else _texts(batch)):
+                    parts = (
+                        encoder.encode(batch)
+                        if encoder
+                        else _frames(batch)
+                        if sse
+                        else _texts(batch)
+                    )
+                    for piece in _pieces(parts):
                         yield piece
                     if batch[-1].terminal:
                         if not sse and batch[-1].event == "error":
                             raise _Aborted(from_event_data(batch[-1].data).code)
+                        if encoder:
+                            await encoder.finished()
                         return
                     cursor = batch[-1].id
                 batch = await self._read(cursor)
@@ -121,7 +152,7 @@ class StreamResponse:
         except GatewayError as exc:
             if not sse:
                 raise _Aborted(exc.code) from exc
-            yield frame("error", exc.event_data())
+            yield encoder.failure(exc) if encoder else frame("error", exc.event_data())
 
     async def _read(self, cursor: int) -> Sequence[StoredEvent]:
         """The next batch; while the store is unreachable, nothing (a heartbeat goes

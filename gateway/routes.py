@@ -24,7 +24,7 @@ from gateway.responses import StreamResponse, sse_error_response
 from gateway.routing import Router
 from gateway.store import StreamStore
 
-__all__ = ["Gateway", "routes"]
+__all__ = ["Gateway", "gateway_of", "routes", "start_generation"]
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,17 @@ class Gateway:
     limits: Limits
 
 
-def _gateway(request: Request) -> Gateway:
+def gateway_of(request: Request) -> Gateway:
     gateway: Gateway = request.state.gateway
     return gateway
 
 
 async def create_stream(request: Request) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     identity = await authenticate(request)
     await gateway.limits.check_rate(identity)
     chat = await read_payload(request, ChatRequest, gateway.settings.limits)
-    stream_id = await _start(gateway, identity, chat)
+    stream_id = await start_generation(gateway, identity, chat)
     return JSONResponse(
         {"id": stream_id, "events_url": gateway.auth.events_url(stream_id)},
         status_code=201,
@@ -58,7 +58,7 @@ async def create_stream(request: Request) -> Response:
     )
 
 
-async def _start(gateway: Gateway, identity: Identity, chat: ChatRequest) -> str:
+async def start_generation(gateway: Gateway, identity: Identity, chat: ChatRequest) -> str:
     """Start a generation in one of the caller's stream slots (freed when it ends)."""
     slot = await gateway.limits.acquire(identity)
     try:
@@ -71,7 +71,7 @@ async def _start(gateway: Gateway, identity: Identity, chat: ChatRequest) -> str
 
 
 async def stream_events(request: Request) -> Response | StreamResponse:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     stream_id = request.path_params["stream_id"]
     gateway.auth.check_reader(request, stream_id)
     info = await gateway.store.info(stream_id)
@@ -94,7 +94,7 @@ async def stream_events(request: Request) -> Response | StreamResponse:
 
 
 async def delete_stream(request: Request) -> Response:
-    gateway, stream_id = _gateway(request), request.path_params["stream_id"]
+    gateway, stream_id = gateway_of(request), request.path_params["stream_id"]
     gateway.auth.check_owner(request, stream_id)
     if not await gateway.store.cancel(stream_id):
         raise NotFound("No such stream.")
@@ -103,11 +103,11 @@ async def delete_stream(request: Request) -> Response:
 
 async def api_stream(request: Request) -> StreamResponse:
     """The seed's contract: raw text, or SSE when the client accepts it."""
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     identity = await authenticate(request)
     await gateway.limits.check_rate(identity)
     payload = await read_payload(request, LegacyRequest, gateway.settings.limits)
-    stream_id = await _start(gateway, identity, payload.to_chat())
+    stream_id = await start_generation(gateway, identity, payload.to_chat())
     wants_sse = "text/event-stream" in request.headers.get("accept", "")
     return StreamResponse(
         gateway.store,
@@ -125,7 +125,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     if gateway.relay.draining:
         message = "The gateway is shutting down."
     elif not await gateway.store.ready():

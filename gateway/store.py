@@ -112,6 +112,16 @@ class StreamStore(Protocol):
     async def wait_abandoned(self, stream_id: str, grace: float) -> None:
         """Return once no reader has been attached for `grace` seconds."""
 
+    async def set_chat(self, chat_key: str, stream_id: str) -> None:
+        """Remember `stream_id` as the latest generation of a chat (the AI SDK endpoint,
+        `gateway.ui_chat`), for at most as long as a stream can live."""
+
+    async def chat_stream(self, chat_key: str) -> str | None:
+        """The chat's latest stream id, or `None`."""
+
+    async def forget_chat(self, chat_key: str, stream_id: str) -> None:
+        """Forget the chat's stream, unless a newer one has replaced it meanwhile."""
+
 
 STORES: dict[str, str] = {
     "memory": "gateway.memory:MemoryStore",

@@ -82,9 +82,11 @@ def test_request_id_reaches_response_upstream_and_every_log_line(simulator, tmp_
         bad = client.get(f"{url}/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
         assert bad.headers["x-request-id"] != "bad id\twith spaces"
         wait_until(
-            lambda: '"request finished"' in log.read_text()
-            and events_rid in log.read_text()
-            and '"stream finished"' in log.read_text()
+            lambda: (
+                '"request finished"' in log.read_text()
+                and events_rid in log.read_text()
+                and '"stream finished"' in log.read_text()
+            )
         )
 
     assert simulator.sim.find(word)[0].headers["x-request-id"] == rid
