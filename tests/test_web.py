@@ -121,6 +121,8 @@ class Proxy:
 
     - `cut()` closes every open connection, as a network drop would;
     - `hold()` keeps new connections waiting (unanswered) until `release()`;
+    - `refuse()` closes new connections at once, as a stopped gateway would,
+      until `release()`;
     - `byte_delay` set: server-to-browser bytes are sent one at a time, with
       that pause between them, so reads end inside multi-byte characters.
     """
@@ -136,6 +138,7 @@ class Proxy:
         self.received: list[bytearray] = []
         self._open = threading.Event()
         self._open.set()
+        self._refusing = threading.Event()
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -151,7 +154,11 @@ class Proxy:
     def hold(self) -> None:
         self._open.clear()
 
+    def refuse(self) -> None:
+        self._refusing.set()
+
     def release(self) -> None:
+        self._refusing.clear()
         self._open.set()
 
     def close(self) -> None:
@@ -184,6 +191,8 @@ class Proxy:
                 while not self._open.wait(0.05):
                     if self._closed.is_set():
                         return
+                if self._refusing.is_set():
+                    return
                 upstream = socket.create_connection(self._target, timeout=5)
                 with upstream:
                     upstream.settimeout(None)
@@ -671,8 +680,9 @@ def test_sign_in_chat_reload_and_chat_again_without_the_credential_in_a_url(
 # -- recovering from a gateway that is gone or a proxy's error page -------------------
 
 
+@pytest.mark.parametrize("gone", ["unanswered", "refused"])
 def test_gives_up_reconnecting_after_a_while_and_retry_works(
-    gateway: StartGateway, proxy: Callable[[str], Proxy], tab: Tab
+    gateway: StartGateway, proxy: Callable[[str], Proxy], tab: Tab, gone: str
 ) -> None:
     tab.allow_console_errors = True  # Chromium logs the cut connection
     relay = proxy(gateway(sse={"retry_ms": 100}).url)
@@ -683,7 +693,11 @@ def test_gives_up_reconnecting_after_a_while_and_retry_works(
     send(page, question)
     expect(last_answer(page).locator(".text")).to_contain_text("w03")
 
-    relay.hold()  # the gateway is gone: connections go unanswered
+    # The gateway is gone: connections go unanswered, or are closed at once.
+    if gone == "unanswered":
+        relay.hold()
+    else:
+        relay.refuse()
     relay.cut()
     wait_for_state(page, "reconnecting")
     page.clock.fast_forward("00:29")
