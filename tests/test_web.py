@@ -660,12 +660,19 @@ def test_sign_in_chat_reload_and_chat_again_without_the_credential_in_a_url(
     wait_for_state(page, "stopped")
     assert deleted.value.status == 204
 
+    # The fetch() example in the same tab uses the credential too.
+    page.goto(page.url + "fetch.html")
+    send(page, "[[sim echo=1]]Plain text")
+    expect(page.locator("#status")).to_have_text("Finished")
+    expect(page.locator("#answer")).to_have_text("Plain text")
+    assert secret not in page.content()
+
     # The credential went in a header, and into no URL, log line or console message.
     posts = [r for r in tab.requests if r.method == "POST"]
     assert [r.headers.get("authorization") for r in posts] == [
         None,
         f"Bearer not-the-{secret[:20]}",
-        *[f"Bearer {secret}"] * 3,
+        *[f"Bearer {secret}"] * 4,
     ]
     assert deleted.value.request.headers["authorization"] == f"Bearer {secret}"
     events = tab.urls(contains="/events")

@@ -22,7 +22,7 @@ const RECONNECT_LIMIT_MS = 30_000;
 
 /** The conversation, sent whole as `messages` so follow-ups have context. */
 let messages = [];
-/** The answer being streamed (see `ask`), or null. */
+/** The answer being streamed (its `turn`, see `ask`), or null. */
 let current = null;
 /** The answer that failed for want of credentials, asked again after sign-in. */
 let awaitingSignIn = null;
@@ -75,8 +75,12 @@ function settle(turn) {
 /** Asks the gateway to answer `messages` and streams the answer into the log. */
 async function ask() {
   const view = addMessage("assistant");
-  // `calls`: the tool calls streaming in, by their `index`.
-  const turn = { view, id: null, source: null, text: "", thinking: null, calls: new Map() };
+  // `text`: the answer so far; `thinking`: the reasoning's element, once there is
+  // reasoning; `calls`: the tool calls streaming in, by their `index`; `giveUp`:
+  // the timer that ends reconnecting.
+  const turn = {
+    view, id: null, source: null, text: "", thinking: null, calls: new Map(), giveUp: undefined,
+  };
   current = turn;
   setStreaming(true);
   setState(view, "waiting", "Thinking…");
