@@ -133,11 +133,10 @@ async function ask() {
     streaming(turn);
     let call = turn.calls.get(delta.index);
     if (!call) {
-      call = { ...addToolCall(turn), id: null, name: "", arguments: "" };
+      call = { ...addToolCall(turn), name: "", arguments: "" };
       turn.calls.set(delta.index, call);
     }
-    if (delta.id) call.id = delta.id;
-    if (delta.name) call.name = delta.name;
+    if (delta.name) call.name = delta.name; // with the call's first delta
     call.arguments += delta.arguments ?? "";
     call.title.textContent = call.name;
     follow(() => call.args.append(delta.arguments ?? "")); // raw until complete
@@ -264,6 +263,7 @@ function askAgain(turn) {
 
 /** The gateway wants credentials (or refused the ones we sent): asks for them. */
 function askForCredentials(turn) {
+  if (current !== turn) return; // stopped meanwhile
   const refused = client.credential() !== null;
   client.signOut();
   showSignedIn();
