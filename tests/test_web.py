@@ -4,6 +4,8 @@ Chromium is Debian's (`/usr/bin/chromium`), driven by Playwright. Every wait is
 on a DOM condition with a timeout. Where a test needs the network to misbehave
 (a dropped connection, bytes arriving one at a time) the browser talks to the
 gateway through `Proxy`, a small TCP relay on 127.0.0.1 that the test controls.
+Event kinds the gateway cannot produce yet (`reasoning`, `tool_call`) come from
+`ScriptedGateway`, whose events URL sends what the test writes, one event at a time.
 
 `UPDATE_SCREENSHOT=1 pytest tests/test_web.py -k screenshot` rewrites
 docs/screenshot.png.
