@@ -4,6 +4,8 @@ Chromium is Debian's (`/usr/bin/chromium`), driven by Playwright. Every wait is
 on a DOM condition with a timeout. Where a test needs the network to misbehave
 (a dropped connection, bytes arriving one at a time) the browser talks to the
 gateway through `Proxy`, a small TCP relay on 127.0.0.1 that the test controls.
+Event kinds the gateway cannot produce yet (`reasoning`, `tool_call`) come from
+`ScriptedGateway`, whose events URL sends what the test writes, one event at a time.
 
 `UPDATE_SCREENSHOT=1 pytest tests/test_web.py -k screenshot` rewrites
 docs/screenshot.png.
@@ -12,16 +14,21 @@ docs/screenshot.png.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio.to_thread
+import jwt
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -33,9 +40,15 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
 
 from gateway import Simulator
+from gateway.auth import hash_key
 from gateway.config import SimulatorSettings
+from gateway.web import DEFAULT_DIRECTORY, WebMount
 from tests.conftest import GatewayServer, SimServer, marker, run_server, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -110,6 +123,8 @@ class Proxy:
 
     - `cut()` closes every open connection, as a network drop would;
     - `hold()` keeps new connections waiting (unanswered) until `release()`;
+    - `refuse()` closes new connections at once, as a stopped gateway would,
+      until `release()`;
     - `byte_delay` set: server-to-browser bytes are sent one at a time, with
       that pause between them, so reads end inside multi-byte characters.
     """
@@ -125,6 +140,7 @@ class Proxy:
         self.received: list[bytearray] = []
         self._open = threading.Event()
         self._open.set()
+        self._refusing = threading.Event()
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -140,7 +156,11 @@ class Proxy:
     def hold(self) -> None:
         self._open.clear()
 
+    def refuse(self) -> None:
+        self._refusing.set()
+
     def release(self) -> None:
+        self._refusing.clear()
         self._open.set()
 
     def close(self) -> None:
@@ -173,6 +193,8 @@ class Proxy:
                 while not self._open.wait(0.05):
                     if self._closed.is_set():
                         return
+                if self._refusing.is_set():
+                    return
                 upstream = socket.create_connection(self._target, timeout=5)
                 with upstream:
                     upstream.settimeout(None)
@@ -235,6 +257,55 @@ def proxy() -> Iterator[Callable[[str], Proxy]]:
         p.close()
 
 
+class ScriptedGateway:
+    """The gateway's surface as the chat page sees it (`web/`, `POST /v1/streams`, one
+    events URL), with events the test writes one at a time: for event kinds the real
+    gateway does not produce yet (`reasoning`, `tool_call`). Ids count up across kinds."""
+
+    def __init__(self) -> None:
+        self._frames: queue.Queue[bytes | None] = queue.Queue()
+        self._last_id = 0
+        self.app = Starlette(
+            routes=[
+                Route("/v1/streams", self._create, methods=["POST"]),
+                Route("/v1/streams/{id}/events", self._events),
+                WebMount(DEFAULT_DIRECTORY),
+            ]
+        )
+
+    def send(self, event: str, data: dict[str, Any]) -> None:
+        """Writes one event; a terminal one (`done`, `error`) ends the response."""
+        self._last_id += 1
+        frame = f"id: {self._last_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+        self._frames.put(frame.encode())
+        if event in ("done", "error"):
+            self.close()
+
+    def close(self) -> None:
+        self._frames.put(None)
+
+    async def _create(self, request: StarletteRequest) -> JSONResponse:
+        return JSONResponse({"id": "s1", "events_url": "/v1/streams/s1/events"}, status_code=201)
+
+    async def _events(self, request: StarletteRequest) -> StreamingResponse:
+        async def frames() -> AsyncIterator[bytes]:
+            while (frame := await anyio.to_thread.run_sync(self._frames.get)) is not None:
+                yield frame
+
+        return StreamingResponse(frames(), media_type="text/event-stream")
+
+
+@contextlib.contextmanager
+def scripted_gateway() -> Iterator[tuple[ScriptedGateway, str]]:
+    """A `ScriptedGateway` served on 127.0.0.1, and its URL."""
+    scripted = ScriptedGateway()
+    with run_server(scripted.app) as url:
+        try:
+            yield scripted, url
+        finally:
+            scripted.close()  # a response still waiting for events ends, so the server can stop
+
+
 # -- helpers -------------------------------------------------------------------
 
 
@@ -266,7 +337,8 @@ def wait_for_state(page: Page, state: str) -> Any:
 
 
 def answer_text(page: Page) -> str:
-    text: str = last_answer(page).locator(".text").text_content() or ""
+    # The answer's own text (`:scope >`): a Thinking block holds a `.text` too.
+    text: str = last_answer(page).locator(":scope > .text").text_content() or ""
     return text
 
 
@@ -486,7 +558,7 @@ def test_layout_fits_narrow_and_wide_screens_in_both_schemes(
 def test_csp_headers_and_a_clean_console(gateway: StartGateway, tab: Tab) -> None:
     page = tab.page
     url = gateway().url
-    for path in ("/", "/app.js", "/style.css", "/fetch.html", "/fetch.js"):
+    for path in ("/", "/app.js", "/client.js", "/style.css", "/fetch.html", "/fetch.js"):
         response = page.request.get(url + path)
         assert response.ok, path
         csp = response.headers["content-security-policy"]
@@ -503,6 +575,260 @@ def test_csp_headers_and_a_clean_console(gateway: StartGateway, tab: Tab) -> Non
     send(page, "[[sim tokens=5]]Hello")
     expect(page.locator("#status")).to_have_text("Finished")
     # tab's teardown: no console error (a CSP violation is one), no page error.
+
+
+# -- signing in (auth.mode api_key or jwt) ----------------------------------------
+
+JWT_SECRET = "jwt-secret-for-the-web-tests-" + "8c1f" * 8
+
+
+@pytest.fixture
+def log_records() -> Iterator[list[logging.LogRecord]]:
+    """Every log record of this process (the gateway runs in a thread of it), raw:
+    before any formatter could mask a secret."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        root.setLevel(level)
+        root.removeHandler(handler)
+
+
+def credentials(mode: str) -> tuple[dict[str, Any], str]:
+    """Auth settings for `mode`, and a credential they accept."""
+    if mode == "api_key":
+        key = f"web-key-{marker()}"
+        return {"auth": {"mode": "api_key", "api_keys": [hash_key(key)]}}, key
+    token = jwt.encode(
+        {"sub": "web-user", "exp": int(time.time()) + 600}, JWT_SECRET, algorithm="HS256"
+    )
+    return {"auth": {"mode": "jwt", "jwt": {"secret": JWT_SECRET}}}, token
+
+
+@pytest.mark.parametrize("mode", ["api_key", "jwt"])
+def test_sign_in_chat_reload_and_chat_again_without_the_credential_in_a_url(
+    gateway: StartGateway, tab: Tab, log_records: list[logging.LogRecord], mode: str
+) -> None:
+    tab.allow_console_errors = True  # Chromium logs each 401 answer
+    console: list[str] = []
+    tab.page.on("console", lambda message: console.append(message.text))
+    settings, secret = credentials(mode)
+    page = tab.page
+    page.goto(gateway(**settings).url)
+    sign_in = page.locator("#sign-in")
+    credential = page.get_by_label("API key or token")
+    expect(sign_in).to_be_hidden()
+
+    first = f"[[sim echo=1]]First {marker()}"
+    send(page, first)
+    expect(sign_in).to_be_visible()
+    expect(sign_in).to_contain_text("needs an API key or a token")
+    expect(last_answer(page).locator(".error")).to_have_text("Sign in to continue.")
+    expect(credential).to_be_focused()
+
+    # A wrong credential is refused and asked for again; the right one answers the question.
+    credential.fill("not-the-" + secret[:20])
+    page.keyboard.press("Enter")
+    expect(sign_in).to_contain_text("refused that key or token")
+    expect(credential).to_be_focused()
+    credential.fill(secret)
+    page.keyboard.press("Enter")
+    expect(sign_in).to_be_hidden()
+    wait_for_state(page, "done")
+    assert answer_text(page) == first.removeprefix("[[sim echo=1]]")
+    expect(page.locator(".message.assistant")).to_have_count(1)
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    assert secret not in page.content()
+
+    page.reload()
+    second = f"[[sim echo=1]]Second {marker()}"
+    send(page, second)
+    wait_for_state(page, "done")
+    assert answer_text(page) == second.removeprefix("[[sim echo=1]]")
+    expect(sign_in).to_be_hidden()
+    assert secret not in page.content()
+
+    # Stop works too: DELETE needs the creator's credentials.
+    send(page, "[[sim tokens=500 delay_ms=20]]Long")
+    wait_for_state(page, "streaming")
+    with page.expect_response(lambda response: response.request.method == "DELETE") as deleted:
+        page.get_by_role("button", name="Stop").click()
+    wait_for_state(page, "stopped")
+    assert deleted.value.status == 204
+
+    # The fetch() example in the same tab uses the credential too.
+    page.goto(page.url + "fetch.html")
+    send(page, "[[sim echo=1]]Plain text")
+    expect(page.locator("#status")).to_have_text("Finished")
+    expect(page.locator("#answer")).to_have_text("Plain text")
+    assert secret not in page.content()
+
+    # The credential went in a header, and into no URL, log line or console message.
+    posts = [r for r in tab.requests if r.method == "POST"]
+    assert [r.headers.get("authorization") for r in posts] == [
+        None,
+        f"Bearer not-the-{secret[:20]}",
+        *[f"Bearer {secret}"] * 4,
+    ]
+    assert deleted.value.request.headers["authorization"] == f"Bearer {secret}"
+    events = tab.urls(contains="/events")
+    assert len(events) == 3 and all("?token=" in url for url in events)
+    assert not [url for url in tab.urls() + tab.urls("POST") + events if secret in url]
+    assert log_records and not [
+        r for r in log_records if secret in r.getMessage() or secret in repr(r.__dict__)
+    ]
+    assert not [text for text in console if secret in text]
+
+
+# -- recovering from a gateway that is gone or a proxy's error page -------------------
+
+
+@pytest.mark.parametrize("gone", ["unanswered", "refused"])
+def test_gives_up_reconnecting_after_a_while_and_retry_works(
+    gateway: StartGateway, proxy: Callable[[str], Proxy], tab: Tab, gone: str
+) -> None:
+    tab.allow_console_errors = True  # Chromium logs the cut connection
+    relay = proxy(gateway(sse={"retry_ms": 100}).url)
+    page = tab.page
+    page.clock.install()  # runs in real time until the test jumps ahead
+    page.goto(relay.url)
+    question = "[[sim echo=1 chunk=3 delay_ms=40]]" + " ".join(f"w{i:02d}" for i in range(30))
+    send(page, question)
+    expect(last_answer(page).locator(".text")).to_contain_text("w03")
+
+    # The gateway is gone: connections go unanswered, or are closed at once.
+    if gone == "unanswered":
+        relay.hold()
+    else:
+        relay.refuse()
+    relay.cut()
+    wait_for_state(page, "reconnecting")
+    page.clock.fast_forward("00:29")
+    expect(last_answer(page).locator(".meta")).to_have_text("Reconnecting…")
+    # Giving up, the page asks the gateway to stop the stream (sent once it is back).
+    with page.expect_request(lambda request: request.method == "DELETE"):
+        page.clock.fast_forward("00:02")
+    answer = wait_for_state(page, "error")
+    expect(answer.locator(".error")).to_contain_text("Gave up reconnecting")
+
+    relay.release()  # the gateway is back
+    page.get_by_role("button", name="Retry").click()
+    wait_for_state(page, "done")
+    assert answer_text(page) == question.removeprefix("[[sim echo=1 chunk=3 delay_ms=40]]")
+    expect(page.locator(".message.assistant")).to_have_count(1)
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_proxy_error_page_is_reported_by_its_status(
+    gateway: StartGateway, tab: Tab, status: int
+) -> None:
+    tab.allow_console_errors = True  # Chromium logs the error status
+    page = tab.page
+    page.goto(gateway().url)
+    # What nginx answers when the gateway behind it is down or slow: HTML, not JSON.
+    page.route(
+        "**/v1/streams",
+        lambda route: route.fulfill(
+            status=status, content_type="text/html", body="<html><h1>Bad gateway</h1></html>"
+        ),
+    )
+    send(page, "[[sim echo=1]]Behind a proxy")
+    answer = wait_for_state(page, "error")
+    expect(answer.locator(".error")).to_contain_text(f"HTTP {status}")
+    expect(answer.locator(".error")).not_to_contain_text("Cannot reach")
+    assert page.locator("h1", has_text="Bad gateway").count() == 0
+
+    page.unroute("**/v1/streams")
+    page.get_by_role("button", name="Retry").click()
+    wait_for_state(page, "done")
+    assert answer_text(page) == "Behind a proxy"
+
+
+# -- reasoning and tool calls (scripted events) ---------------------------------------
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def test_reasoning_then_the_answer_then_tool_calls_all_as_text(tab: Tab) -> None:
+    page = tab.page
+    with scripted_gateway() as (scripted, url):
+        page.goto(url)
+        send(page, "What is the weather in Paris?")
+        answer = wait_for_state(page, "waiting")
+        thinking = answer.locator("details.thinking")
+
+        scripted.send("reasoning", {"text": "The user wants "})
+        expect(thinking).to_have_attribute("open", "")
+        expect(thinking.locator(".text")).to_have_text("The user wants ")
+        wait_for_state(page, "streaming")
+        scripted.send("reasoning", {"text": f"the weather. {XSS}"})
+        expect(thinking.locator(".text")).to_have_text(f"The user wants the weather. {XSS}")
+        expect(thinking.locator("summary")).to_have_text("Thinking")
+        assert answer_text(page) == ""
+
+        scripted.send("token", {"text": "Let me "})
+        scripted.send("token", {"text": "check."})
+        expect(answer.locator(":scope > .text")).to_have_text("Let me check.")
+
+        call = {"city": XSS, "days": 2}
+        arguments = json.dumps(call)
+        scripted.send("tool_call", {"index": 0, "id": "call_1", "name": "get_weather"})
+        scripted.send("tool_call", {"index": 0, "arguments": arguments[:15]})
+        tool = answer.locator(".tool-call")
+        expect(tool.locator("code")).to_have_text("get_weather")
+        expect(tool.locator(".tool-args")).to_have_text(arguments[:15])  # raw while streaming
+        scripted.send("tool_call", {"index": 0, "arguments": arguments[15:]})
+        scripted.send("tool_call", {"index": 1, "id": "call_2", "name": "now", "arguments": ""})
+        scripted.send("tool_call", {"index": 1, "arguments": "{}"})
+        expect(tool).to_have_count(2)
+        expect(tool.first.locator(".tool-args")).to_have_text(arguments)
+
+        scripted.send(
+            "done",
+            {
+                "finish_reason": "tool_calls",
+                "usage": None,
+                "tool_calls": [
+                    {"id": "call_1", "name": "get_weather", "arguments": arguments},
+                    {"id": "call_2", "name": "now", "arguments": "{}"},
+                ],
+            },
+        )
+        wait_for_state(page, "done")
+        expect(answer.locator(".meta")).to_have_text("Finished: tool_calls")
+        # Pretty-printed once complete (JSON.stringify(…, null, 2) is json.dumps(…, indent=2)).
+        expect(tool).to_have_count(2)
+        expect(tool.first.locator(".tool-args")).to_have_text(json.dumps(call, indent=2))
+        expect(tool.nth(1).locator("code")).to_have_text("now")
+        expect(tool.nth(1).locator(".tool-args")).to_have_text("{}")
+
+    # Thinking above the answer, tool calls below it; nothing became HTML.
+    order = answer.evaluate("el => [...el.children].map(c => c.className)")
+    assert order == ["thinking", "text", "tool-call", "tool-call", "meta"]
+    assert page.locator("img").count() == 0
+    # The Thinking block folds away.
+    thinking.locator("summary").click()
+    expect(thinking.locator(".text")).to_be_hidden()
+    expect(answer.locator(":scope > .text")).to_be_visible()
+    # tab's teardown checks that no dialog opened.
+
+
+def test_a_tool_call_with_broken_json_arguments_is_shown_as_it_came(tab: Tab) -> None:
+    page = tab.page
+    with scripted_gateway() as (scripted, url):
+        page.goto(url)
+        send(page, "Call something")
+        scripted.send("tool_call", {"index": 0, "id": "c", "name": "f", "arguments": '{"a": '})
+        scripted.send("done", {"finish_reason": "tool_calls", "usage": None})
+        answer = wait_for_state(page, "done")
+    expect(answer.locator(".tool-call code")).to_have_text("f")
+    expect(answer.locator(".tool-args")).to_have_text('{"a": ')
 
 
 # -- fetch.html -------------------------------------------------------------------

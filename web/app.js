@@ -2,17 +2,30 @@
 // POST /v1/streams creates a stream, an EventSource reads its events.
 // Plain DOM, no framework, no build step: copy what you need.
 
+import * as client from "./client.js";
+
 const log = document.querySelector("#log");
 const form = document.querySelector("#composer");
 const input = document.querySelector("#prompt");
 const sendButton = document.querySelector("#send");
 const stopButton = document.querySelector("#stop");
 const newChatButton = document.querySelector("#new-chat");
+const signInForm = document.querySelector("#sign-in");
+const signInNote = document.querySelector("#sign-in-note");
+const credentialInput = document.querySelector("#credential");
+const signOutButton = document.querySelector("#sign-out");
+
+/** How long a lost connection may take to come back before the page gives up:
+ * the gateway's default disconnect grace, after which it cancels a stream that
+ * nobody reads anyway. */
+const RECONNECT_LIMIT_MS = 30_000;
 
 /** The conversation, sent whole as `messages` so follow-ups have context. */
 let messages = [];
-/** The answer being streamed: { view, id, source, text }, or null. */
+/** The answer being streamed (its `turn`, see `ask`), or null. */
 let current = null;
+/** The answer that failed for want of credentials, asked again after sign-in. */
+let awaitingSignIn = null;
 
 /** Adds a message to the log; returns its parts. */
 function addMessage(role, text = "") {
@@ -53,6 +66,7 @@ function setStreaming(streaming) {
 function settle(turn) {
   if (current !== turn) return false;
   turn.source?.close(); // closed, the browser does not reconnect
+  clearTimeout(turn.giveUp);
   current = null;
   setStreaming(false);
   return true;
@@ -61,24 +75,25 @@ function settle(turn) {
 /** Asks the gateway to answer `messages` and streams the answer into the log. */
 async function ask() {
   const view = addMessage("assistant");
-  const turn = { view, id: null, source: null, text: "" };
+  // `text`: the answer so far; `thinking`: the reasoning's element, once there is
+  // reasoning; `calls`: the tool calls streaming in, by their `index`; `giveUp`:
+  // the timer that ends reconnecting.
+  const turn = {
+    view, id: null, source: null, text: "", thinking: null, calls: new Map(), giveUp: undefined,
+  };
   current = turn;
   setStreaming(true);
   setState(view, "waiting", "Thinking…");
 
   let created;
   try {
-    const response = await fetch("/v1/streams", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ messages }),
-    });
-    const body = await response.json();
+    const response = await client.request("POST", "/v1/streams", { messages });
+    if (response.status === 401) return askForCredentials(turn);
     if (!response.ok) {
-      const retryable = response.status === 429 || response.status >= 500;
-      return fail(turn, body.error?.message ?? `HTTP ${response.status}`, retryable);
+      const message = await client.errorMessage(response);
+      return fail(turn, message, client.retryable(response.status));
     }
-    created = body;
+    created = await response.json();
   } catch {
     return fail(turn, "Cannot reach the gateway.", true);
   }
@@ -89,23 +104,48 @@ async function ask() {
   }
   turn.id = created.id;
 
+  // With auth on, `events_url` carries a token for this stream only: the
+  // credential itself never goes into a URL.
   const source = new EventSource(created.events_url);
   turn.source = source;
 
   source.addEventListener("open", () => {
+    clearTimeout(turn.giveUp);
+    turn.giveUp = undefined;
     if (view.article.dataset.state === "reconnecting") setState(view, "streaming");
+  });
+
+  source.addEventListener("reasoning", (event) => {
+    const { text } = JSON.parse(event.data);
+    streaming(turn);
+    follow(() => thinkingOf(turn).append(text)); // a text node: safe for any text
   });
 
   source.addEventListener("token", (event) => {
     const { text } = JSON.parse(event.data);
     turn.text += text;
-    if (view.article.dataset.state !== "streaming") setState(view, "streaming");
-    follow(() => view.body.append(text)); // a text node: safe for any text
+    streaming(turn);
+    follow(() => view.body.append(text));
+  });
+
+  source.addEventListener("tool_call", (event) => {
+    const delta = JSON.parse(event.data);
+    streaming(turn);
+    let call = turn.calls.get(delta.index);
+    if (!call) {
+      call = { ...addToolCall(turn), name: "", arguments: "" };
+      turn.calls.set(delta.index, call);
+    }
+    if (delta.name) call.name = delta.name; // with the call's first delta
+    call.arguments += delta.arguments ?? "";
+    call.title.textContent = call.name;
+    follow(() => call.args.append(delta.arguments ?? "")); // raw until complete
   });
 
   source.addEventListener("done", (event) => {
     if (!settle(turn)) return;
-    const { finish_reason, usage } = JSON.parse(event.data);
+    const { finish_reason, usage, tool_calls } = JSON.parse(event.data);
+    showToolCalls(turn, tool_calls ?? [...turn.calls.values()]);
     messages.push({ role: "assistant", content: turn.text });
     setState(view, "done", describe(finish_reason, usage));
   });
@@ -118,12 +158,71 @@ async function ask() {
       fail(turn, error.message, error.retryable);
     } else if (source.readyState === EventSource.CONNECTING) {
       // The browser reconnects by itself and sends Last-Event-ID; the
-      // gateway replays what we missed, so the text just carries on.
+      // gateway replays what we missed, so the text just carries on. But
+      // it would try forever: give up after a while and offer Retry.
       setState(view, "reconnecting", "Reconnecting…");
+      turn.giveUp ??= setTimeout(() => {
+        cancel(turn.id);
+        fail(turn, "Gave up reconnecting: the gateway cannot be reached.", true);
+      }, RECONNECT_LIMIT_MS);
     } else {
       fail(turn, "Lost the connection to the gateway.", true);
     }
   });
+}
+
+function streaming(turn) {
+  if (turn.view.article.dataset.state !== "streaming") setState(turn.view, "streaming");
+}
+
+/** The reasoning's text, in a "Thinking" block above the answer (made on first use). */
+function thinkingOf(turn) {
+  if (!turn.thinking) {
+    const details = document.createElement("details");
+    details.className = "thinking";
+    details.open = true;
+    const summary = document.createElement("summary");
+    summary.textContent = "Thinking";
+    turn.thinking = document.createElement("div");
+    turn.thinking.className = "text";
+    details.append(summary, turn.thinking);
+    turn.view.body.before(details);
+  }
+  return turn.thinking;
+}
+
+/** A tool call's place below the answer: its name and its arguments. */
+function addToolCall(turn) {
+  const box = document.createElement("section");
+  box.className = "tool-call";
+  const heading = document.createElement("p");
+  heading.className = "tool-heading";
+  const title = document.createElement("code");
+  heading.append("Tool call: ", title);
+  const args = document.createElement("pre");
+  args.className = "tool-args";
+  box.append(heading, args);
+  follow(() => turn.view.meta.before(box));
+  return { box, title, args };
+}
+
+/** Replaces the streamed tool calls with the complete ones, arguments pretty-printed. */
+function showToolCalls(turn, calls) {
+  for (const call of turn.calls.values()) call.box.remove();
+  for (const { name, arguments: args } of calls) {
+    const view = addToolCall(turn);
+    view.title.textContent = name ?? "";
+    view.args.textContent = pretty(args ?? "");
+  }
+}
+
+/** JSON arguments indented; anything else (a model may emit broken JSON) as it came. */
+function pretty(args) {
+  try {
+    return JSON.stringify(JSON.parse(args), null, 2);
+  } catch {
+    return args;
+  }
 }
 
 function describe(finishReason, usage) {
@@ -148,20 +247,43 @@ function fail(turn, message, retryable) {
     retry.type = "button";
     retry.className = "retry";
     retry.textContent = "Retry";
-    retry.addEventListener("click", () => {
-      if (current) return;
-      view.article.remove();
-      ask(); // `messages` still ends with the question
-      input.focus();
-    });
+    retry.addEventListener("click", () => askAgain(turn));
     view.meta.append(" ", retry);
   }
+}
+
+/** Replaces the failed answer of `turn` with a new one (`messages` still ends with
+ * the question). */
+function askAgain(turn) {
+  if (current) return;
+  turn.view.article.remove();
+  ask();
+  input.focus();
+}
+
+/** The gateway wants credentials (or refused the ones we sent): asks for them. */
+function askForCredentials(turn) {
+  if (current !== turn) return; // stopped meanwhile
+  const refused = client.credential() !== null;
+  client.signOut();
+  showSignedIn();
+  fail(turn, "Sign in to continue.", false);
+  awaitingSignIn = turn;
+  signInNote.textContent = refused
+    ? "The gateway refused that key or token: enter another."
+    : "This gateway needs an API key or a token.";
+  signInForm.hidden = false;
+  credentialInput.focus();
+}
+
+function showSignedIn() {
+  signOutButton.hidden = client.credential() === null;
 }
 
 function cancel(id) {
   // Closing the EventSource alone would leave the upstream running until
   // the gateway's disconnect grace runs out; DELETE stops it now.
-  fetch(`/v1/streams/${encodeURIComponent(id)}`, { method: "DELETE" }).catch(() => {});
+  client.request("DELETE", `/v1/streams/${encodeURIComponent(id)}`).catch(() => {});
 }
 
 function stop() {
@@ -202,3 +324,26 @@ newChatButton.addEventListener("click", () => {
   log.replaceChildren();
   input.focus();
 });
+
+signInForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!client.signIn(credentialInput.value.trim())) {
+    signInNote.textContent = "A key or token is one word of letters, digits and punctuation.";
+    return;
+  }
+  credentialInput.value = "";
+  signInForm.hidden = true;
+  showSignedIn();
+  const turn = awaitingSignIn;
+  awaitingSignIn = null;
+  if (turn?.view.article.isConnected) askAgain(turn);
+  else input.focus();
+});
+
+signOutButton.addEventListener("click", () => {
+  client.signOut();
+  showSignedIn();
+  input.focus();
+});
+
+showSignedIn();

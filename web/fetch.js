@@ -2,6 +2,8 @@
 // read chunk by chunk from the response body. Simpler than EventSource,
 // but a dropped connection loses the answer (see app.js for resuming).
 
+import { errorMessage, request } from "./client.js";
+
 const form = document.querySelector("#composer");
 const input = document.querySelector("#prompt");
 const sendButton = document.querySelector("#send");
@@ -19,18 +21,14 @@ async function send(message) {
 
   let response;
   try {
-    response = await fetch("/api/stream", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ message }),
-    });
+    // With auth on, the key or token the chat page signed in with (this tab).
+    response = await request("POST", "/api/stream", { message });
   } catch {
     return show("error", "Cannot reach the gateway.");
   }
   if (!response.ok) {
     // Failures before the first token are HTTP errors with a JSON body.
-    const body = await response.json().catch(() => null);
-    return show("error", body?.error?.message ?? `HTTP ${response.status}`);
+    return show("error", await errorMessage(response));
   }
 
   // Network chunks may end in the middle of a multi-byte character: a
