@@ -41,7 +41,6 @@ INVALID_CHALLENGE = 'Bearer realm="sse-gateway", error="invalid_token"'
 
 
 #: Stream ownership and events-URL tokens go through the store: check both.
-pytestmark = pytest.mark.stores("memory", "redis")
 
 
 def body(word: str, directives: str = "") -> dict[str, Any]:
@@ -356,6 +355,7 @@ def test_secrets_come_from_the_environment_only(tmp_path):
     assert "from-env" not in settings.model_dump_json()
 
 
+@pytest.mark.stores("memory", "redis")
 def test_a_shared_token_secret_lets_another_instance_open_the_stream(client, gateway, store_name):
     shared = {**API_KEYS, "auth": {**API_KEYS["auth"], "token_secret": "one-secret-for-all"}}
     first, second = gateway(**shared), gateway(**shared)

@@ -71,9 +71,6 @@ def stream(client: httpx.Client, url: str, content: str) -> list[httpx_sse.Serve
     return read_events(client, create(client, url, content))
 
 
-pytestmark = pytest.mark.stores("memory", "redis")
-
-
 @pytest.fixture(scope="module")
 def url(simulator, store_settings) -> Iterator[str]:
     """One gateway with the default test settings (retries: 2), shared by this module."""

@@ -21,8 +21,6 @@ import pytest
 
 from tests.conftest import TIMEOUT, create, marker, read_events, text_of, wait_until
 
-pytestmark = pytest.mark.stores("memory", "redis")
-
 Event = tuple[str, str, Any]  # (event name, id, decoded data)
 
 FILLER = "the quick brown fox jumps over the lazy dog " * 20
@@ -510,7 +508,6 @@ def test_reconnect_within_the_grace_resumes_with_nothing_lost(client, gateway, s
 # -- retention -----------------------------------------------------------------
 
 
-@pytest.mark.stores("memory")  # counts the memory store's streams; redis: test_redis_store
 def test_finished_streams_are_freed_after_retention(client, gateway):
     server = gateway(streams={"retention": 0.3})
     _, content, tokens = echo(15, chunk=3)
@@ -523,7 +520,6 @@ def test_finished_streams_are_freed_after_retention(client, gateway):
     assert len(server.state.store) == 0
 
 
-@pytest.mark.stores("memory")  # counts the memory store's streams; redis: test_redis_store
 def test_memory_does_not_grow_with_finished_streams(client, gateway):
     server = gateway(streams={"retention": 0.3})
     for _ in range(50):
