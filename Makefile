@@ -87,9 +87,11 @@ $(NODE_TESTS)/node_modules/.package-lock.json: $(NODE_TESTS)/package-lock.json
 	@if command -v npm >/dev/null; then cd $(NODE_TESTS) && npm ci --no-audit --no-fund; \
 	else echo "npm not found: the AI SDK client tests will be skipped"; fi
 
-## Install what the suite needs and run it.
+## Install what the suite needs and run it: four workers, since most tests wait on
+## sockets and timers rather than the CPU (TEST_WORKERS=0 runs it in one process).
+TEST_WORKERS ?= 4
 test: $(VENV)/.test system-deps $(NODE_TESTS)/node_modules/.package-lock.json
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 ## Format check, lint and type check.
 check: $(VENV)/.test

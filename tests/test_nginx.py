@@ -63,7 +63,8 @@ def test_seven_streams_over_one_http2_connection_progress_together(behind_nginx)
     count = 8
     with httpx.Client(http2=True, verify=False, timeout=TIMEOUT) as client:
         urls = [
-            create(client, nginx.https_url, f"{marker()} [[sim tokens=10 delay_ms=200]]")
+            # 4 s each: far longer than creating them all takes, even on a busy machine.
+            create(client, nginx.https_url, f"{marker()} [[sim tokens=10 delay_ms=400]]")
             for _ in range(count)
         ]
         times: dict[int, list[float]] = {}
