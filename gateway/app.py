@@ -33,7 +33,7 @@ from gateway.openai_api import routes as openai_routes
 from gateway.relay import Relay
 from gateway.routes import Gateway, routes
 from gateway.routing import Router
-from gateway.simulator import Simulator
+from gateway.simulator import Simulator, simulator_key
 from gateway.store import create_store
 from gateway.web import DEFAULT_DIRECTORY, WebMount
 
@@ -44,7 +44,12 @@ logger = logging.getLogger("gateway.app")
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
-    simulator = Simulator(settings.simulator) if settings.simulator.enabled else None
+    simulator = None
+    if settings.serves_simulator:
+        key = None if settings.auth.mode == "none" else simulator_key(settings)
+        simulator = Simulator(settings.simulator, api_key=key)
+        if key is not None:
+            settings = settings.with_simulator_key(key)
     metrics = Metrics(settings.metrics)
     auth = Authenticator(settings)
 

@@ -210,11 +210,20 @@ class CORSSettings(_Section):
 
 
 class SimulatorSettings(_Section):
-    #: Mount the simulator at /simulator in the gateway's own process.
-    enabled: bool = True
+    #: Serve the simulator at /simulator in the gateway's own process; null: only when an
+    #: upstream uses it (`base_url: null`). With `auth.mode` other than `none` only the
+    #: gateway itself can call it.
+    enabled: bool | None = None
     #: Tokens per answer and delay per token when a request does not choose.
     tokens: int = Field(default=48, ge=0)
     token_delay: Seconds = Field(default=0.04, ge=0)
+    #: Hard caps on what one request's directive may ask for (400 above), so that no
+    #: request can hold the event loop or the memory: tokens, characters per token
+    #: (`size`), characters in the whole answer, and the pause before each token.
+    max_tokens: int = Field(default=100_000, gt=0)
+    max_size: int = Field(default=100_000, gt=0)
+    max_answer_chars: int = Field(default=16_000_000, gt=0)
+    max_token_delay: Seconds = Field(default=60.0, ge=0)
 
 
 class WebSettings(_Section):
@@ -258,6 +267,37 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     #: Model name clients ask for -> the upstreams that serve it, tried in order.
     routes: dict[str, list[RouteUpstream]] = {}
+
+    @model_validator(mode="after")
+    def _simulator_served(self) -> Settings:
+        if self.simulator.enabled is False and self.uses_simulator:
+            raise ValueError(
+                "simulator.enabled: false, but an upstream with base_url: null "
+                "calls the built-in simulator; set its base_url"
+            )
+        return self
+
+    @property
+    def uses_simulator(self) -> bool:
+        """Whether an upstream (`upstream` or a route's) is this process's simulator."""
+        targets = [self.upstream, *(t for route in self.routes.values() for t in route)]
+        return any(target.base_url is None for target in targets)
+
+    @property
+    def serves_simulator(self) -> bool:
+        """Whether `/simulator` is mounted: when used, or when `simulator.enabled` says so."""
+        enabled = self.simulator.enabled
+        return self.uses_simulator if enabled is None else enabled
+
+    def with_simulator_key(self, key: str) -> Settings:
+        """These settings with `key` as the API key of every upstream that is the simulator."""
+        secret = SecretStr(key)
+
+        def keyed(target: UpstreamSettings) -> Any:
+            return target if target.base_url else target.model_copy(update={"api_key": secret})
+
+        routes = {name: [keyed(t) for t in targets] for name, targets in self.routes.items()}
+        return self.model_copy(update={"upstream": keyed(self.upstream), "routes": routes})
 
     @property
     def upstream_base_url(self) -> str:
