@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         lifespan=lifespan,
         exception_handlers={
+            ClientDisconnect: _client_gone,
             GatewayError: _gateway_error,
             HTTPException: _http_error,
             Exception: _unexpected_error,
@@ -145,6 +146,12 @@ def _metrics_listener(metrics: Metrics, settings: Settings) -> AbstractAsyncCont
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     return error_response(exc)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left while its request body was being read: nobody to answer, and
+    not a server error (nginx's 499, "client closed request", in logs and metrics)."""
+    return Response(status_code=499)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

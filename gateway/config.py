@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "config_file", "load_settings"]
 
 ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -47,8 +47,20 @@ class ServerSettings(_Section):
     #: On shutdown, how long running streams may finish before they are cut.
     drain_timeout: Seconds = Field(default=10.0, ge=0)
     #: Peers (addresses or networks) whose `X-Forwarded-For` / `X-Forwarded-Proto` are
-    #: believed; the client address of anyone else is the connection's own.
+    #: believed; the client address of anyone else is the connection's own. The default
+    #: trusts a proxy on this machine (nginx); `[]` trusts none.
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    #: A connection must send a request's head within this long of opening (or of its
+    #: previous response), and its body within `body_timeout` of the head: else 408.
+    header_timeout: Seconds = Field(default=10.0, gt=0)
+    body_timeout: Seconds = Field(default=30.0, gt=0)
+    #: Largest request head (request line and headers); 431 above.
+    max_header_bytes: int = Field(default=32_768, ge=1024)
+    #: Open connections (and requests in progress) beyond this get 503; null: no limit.
+    max_connections: int | None = Field(default=4096, gt=0)
+    #: New streams get 503, and `/readyz` fails, while fewer file descriptors than this
+    #: are free (a stream holds two or three).
+    fd_reserve: int = Field(default=64, ge=0)
 
 
 class UpstreamTimeouts(_Section):
@@ -379,6 +391,19 @@ def load_settings(
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, sources)) from None
+
+
+def config_file(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """The file `load_settings(path)` reads: `path`, else `$GATEWAY_CONFIG`, else
+    `./config.yaml` when it exists; None when only defaults and environment apply."""
+    env = os.environ if environ is None else environ
+    chosen = path if path is not None else env.get(CONFIG_ENV)
+    if chosen:
+        return Path(chosen)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
 
 
 def _fill_api_key(upstream: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -89,6 +89,7 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
         await check_rate(request, identity)
         body = await read_payload(request, CompletionRequest, gateway.settings.limits)
         gateway.router.check(body.model)
+        gateway.descriptors.check(gateway.settings.server.fd_reserve)
         slot = await acquire_slot(request, identity)
     except GatewayError as exc:
         return openai_response(exc)
