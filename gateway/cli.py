@@ -3,31 +3,40 @@
 from __future__ import annotations
 
 import argparse
-import math
+import importlib.util
+import ipaddress
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 
-from gateway import auth, logs
+from gateway import __version__, auth, descriptors, logs
 from gateway.app import create_app
 from gateway.config import (
     CONFIG_ENV,
     ENV_PREFIX,
     ConfigError,
     LoggingSettings,
+    Settings,
     SimulatorSettings,
+    config_file,
     load_settings,
 )
+from gateway.server import uvicorn_options
 from gateway.simulator import Simulator
 
 __all__ = ["main"]
 
+logger = logging.getLogger("gateway.cli")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sse-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
@@ -83,25 +92,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1 and config.streams.store == "memory":
         print("sse-gateway: --workers needs streams.store: redis", file=sys.stderr)
         return 2
+    if config.streams.store == "redis" and importlib.util.find_spec("redis") is None:
+        print(
+            "sse-gateway: streams.store: redis needs the redis extra: "
+            "pip install 'sse-gateway[redis]'",
+            file=sys.stderr,
+        )
+        return 2
     try:
         auth.Authenticator(config)  # a JWT key file that cannot be used stops the start here
     except ConfigError as exc:
         print(f"sse-gateway: {exc}", file=sys.stderr)
         return 2
+    logger.info(_summary(config, args.config))
+    for warning in _warnings(config):
+        logger.warning(warning)
     uvicorn.run(
         create_app(config) if args.workers == 1 else _worker_factory(args.config, server),
         factory=args.workers > 1,
         workers=args.workers,
-        host=config.server.host,
-        port=config.server.port,
         log_level=args.log_level,
         log_config=log_config,  # applied in worker processes too
-        access_log=False,  # the gateway logs each request itself, with its request id
-        proxy_headers=False,  # the app trusts X-Forwarded-For from server.trusted_proxies only
-        # Drain (ends streams at drain_timeout), then time to send their last event.
-        timeout_graceful_shutdown=math.ceil(config.server.drain_timeout) + 3,
+        **uvicorn_options(config),
     )
     return 0
+
+
+def _summary(config: Settings, config_path: str | None) -> str:
+    """The start-up line: what this gateway is about to serve, without credentials."""
+    loaded = config_file(config_path)
+    upstream = _without_credentials(config.upstream_base_url)
+    if config.upstream.base_url is None:
+        upstream = f"built-in simulator {upstream}"
+    server = config.server
+    proxies = ", ".join(server.trusted_proxies) or "none"
+    return (
+        f"sse-gateway {__version__} on http://{server.host}:{server.port}: "
+        f"config {loaded or 'none (defaults)'}, upstream {upstream}, "
+        f"model {config.upstream.model}, store {config.streams.store}, "
+        f"auth {config.auth.mode}, X-Forwarded-For trusted from {proxies}"
+    )
+
+
+def _warnings(config: Settings) -> list[str]:
+    """What is likely to go wrong with this configuration, said before it does."""
+    warnings = []
+    targets = [config.upstream, *(t for route in config.routes.values() for t in route)]
+    for target in targets:
+        if target.base_url and target.api_key is None and not _local(target.base_url):
+            warnings.append(
+                f"${target.api_key_env} is not set: {_without_credentials(target.base_url)} "
+                "will most likely refuse every request (upstream_auth)"
+            )
+    needed = 3 * config.limits.max_concurrent_streams + config.server.fd_reserve
+    if descriptors.limit() < needed:
+        warnings.append(
+            f"the file descriptor limit ({descriptors.limit()}) is below what "
+            f"limits.max_concurrent_streams ({config.limits.max_concurrent_streams}, up to "
+            f"3 each) needs: about {needed}; raise LimitNOFILE or ulimit -n"
+        )
+    return warnings
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _local(url: str) -> bool:
+    """Whether `url` is on this machine (a local model needs no key)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _worker_factory(config_file: str | None, server: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "config_file", "load_settings"]
 
 ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -47,8 +47,20 @@ class ServerSettings(_Section):
     #: On shutdown, how long running streams may finish before they are cut.
     drain_timeout: Seconds = Field(default=10.0, ge=0)
     #: Peers (addresses or networks) whose `X-Forwarded-For` / `X-Forwarded-Proto` are
-    #: believed; the client address of anyone else is the connection's own.
+    #: believed; the client address of anyone else is the connection's own. The default
+    #: trusts a proxy on this machine (nginx); `[]` trusts none.
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    #: A connection must send a request's head within this long of opening (or of its
+    #: previous response), and its body within `body_timeout` of the head: else 408.
+    header_timeout: Seconds = Field(default=10.0, gt=0)
+    body_timeout: Seconds = Field(default=30.0, gt=0)
+    #: Largest request head (request line and headers); 431 above.
+    max_header_bytes: int = Field(default=32_768, ge=1024)
+    #: Open connections (and requests in progress) beyond this get 503; null: no limit.
+    max_connections: int | None = Field(default=4096, gt=0)
+    #: New streams get 503, and `/readyz` fails, while fewer file descriptors than this
+    #: are free (a stream holds two or three).
+    fd_reserve: int = Field(default=64, ge=0)
 
 
 class UpstreamTimeouts(_Section):
@@ -213,11 +225,20 @@ class CORSSettings(_Section):
 
 
 class SimulatorSettings(_Section):
-    #: Mount the simulator at /simulator in the gateway's own process.
-    enabled: bool = True
+    #: Serve the simulator at /simulator in the gateway's own process; null: only when an
+    #: upstream uses it (`base_url: null`). With `auth.mode` other than `none` only the
+    #: gateway itself can call it.
+    enabled: bool | None = None
     #: Tokens per answer and delay per token when a request does not choose.
     tokens: int = Field(default=48, ge=0)
     token_delay: Seconds = Field(default=0.04, ge=0)
+    #: Hard caps on what one request's directive may ask for (400 above), so that no
+    #: request can hold the event loop or the memory: tokens, characters per token
+    #: (`size`), characters in the whole answer, and the pause before each token.
+    max_tokens: int = Field(default=100_000, gt=0)
+    max_size: int = Field(default=100_000, gt=0)
+    max_answer_chars: int = Field(default=16_000_000, gt=0)
+    max_token_delay: Seconds = Field(default=60.0, ge=0)
 
 
 class WebSettings(_Section):
@@ -261,6 +282,37 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     #: Model name clients ask for -> the upstreams that serve it, tried in order.
     routes: dict[str, list[RouteUpstream]] = {}
+
+    @model_validator(mode="after")
+    def _simulator_served(self) -> Settings:
+        if self.simulator.enabled is False and self.uses_simulator:
+            raise ValueError(
+                "simulator.enabled: false, but an upstream with base_url: null "
+                "calls the built-in simulator; set its base_url"
+            )
+        return self
+
+    @property
+    def uses_simulator(self) -> bool:
+        """Whether an upstream (`upstream` or a route's) is this process's simulator."""
+        targets = [self.upstream, *(t for route in self.routes.values() for t in route)]
+        return any(target.base_url is None for target in targets)
+
+    @property
+    def serves_simulator(self) -> bool:
+        """Whether `/simulator` is mounted: when used, or when `simulator.enabled` says so."""
+        enabled = self.simulator.enabled
+        return self.uses_simulator if enabled is None else enabled
+
+    def with_simulator_key(self, key: str) -> Settings:
+        """These settings with `key` as the API key of every upstream that is the simulator."""
+        secret = SecretStr(key)
+
+        def keyed(target: UpstreamSettings) -> Any:
+            return target if target.base_url else target.model_copy(update={"api_key": secret})
+
+        routes = {name: [keyed(t) for t in targets] for name, targets in self.routes.items()}
+        return self.model_copy(update={"upstream": keyed(self.upstream), "routes": routes})
 
     @property
     def upstream_base_url(self) -> str:
@@ -342,6 +394,19 @@ def load_settings(
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, sources)) from None
+
+
+def config_file(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """The file `load_settings(path)` reads: `path`, else `$GATEWAY_CONFIG`, else
+    `./config.yaml` when it exists; None when only defaults and environment apply."""
+    env = os.environ if environ is None else environ
+    chosen = path if path is not None else env.get(CONFIG_ENV)
+    if chosen:
+        return Path(chosen)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
 
 
 def _fill_api_key(upstream: dict[str, Any], env: Mapping[str, str]) -> None:

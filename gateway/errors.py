@@ -98,16 +98,22 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         super().__init__(self.message)
 
+    @property
+    def retry_seconds(self) -> int | None:
+        """`retry_after` as clients get it, in the header, body and event alike: whole
+        seconds, rounded up (never 0), so nobody comes back too early."""
+        return None if self.retry_after is None else max(1, math.ceil(self.retry_after))
+
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
+        if self.retry_seconds is None:
             return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        return {"Retry-After": str(self.retry_seconds)}
 
     def body(self) -> dict[str, Any]:
         """The JSON body of an error answered before a stream starts."""
         error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.retry_after is not None:
-            error["retry_after"] = self.retry_after
+        if self.retry_seconds is not None:
+            error["retry_after"] = self.retry_seconds
         return {"error": error}
 
     def event_data(self) -> str:
@@ -117,8 +123,8 @@ class GatewayError(Exception):
             "message": self.message,
             "retryable": self.retryable,
         }
-        if self.retry_after is not None:
-            data["retry_after"] = self.retry_after
+        if self.retry_seconds is not None:
+            data["retry_after"] = self.retry_seconds
         return json.dumps(data)
 
 

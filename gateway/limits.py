@@ -113,7 +113,9 @@ class Limits:
             return Slot()
         key, member = _key("streams", identity), secrets.token_hex(8)
         if not await self._counters.acquire(key, member, limit, self._slot_ttl):
-            raise TooManyStreams(f"At most {limit} streams at once.", retry_after=1)
+            raise TooManyStreams(
+                f"At most {limit} stream{'s' * (limit != 1)} at once.", retry_after=1
+            )
         return Slot(self, key, member)
 
     async def release(self, key: str, member: str) -> None:

@@ -9,6 +9,10 @@ Nothing logs prompts or answers. As a second line of defence the formatters
 mask bearer tokens, `Authorization`/`X-Auth` values, secret-looking query
 parameters and the upstream key, and the SDK loggers that would print request
 bodies are kept at WARNING.
+
+A console line is one line whatever a client sent: control characters in the
+message and fields (a path with `%0a`) are written as escapes, so nobody can
+forge a log line.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ _SECRETS = [
         r"[^&\s\"']+"
     ),
 ]
+
+#: Control characters as Python escapes (`\n`, `\x1b`) in console lines.
+_ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), 0x7F)}
 
 #: Attributes every LogRecord has; anything else was passed with `extra=`.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -119,9 +126,9 @@ class ConsoleFormatter(_Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record.created)} {record.levelname} {record.name}: "
-        line += record.getMessage()
+        line += record.getMessage().translate(_ESCAPES)
         for key, value in self.fields(record).items():
-            line += f" {key}={value}"
+            line += f" {key}={str(value).translate(_ESCAPES)}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return self.redact(line)

@@ -7,6 +7,12 @@ cannot resume, so replay would buy nothing (ARCHITECTURE.md). The status
 waits for the first chunk with output, so a failure before it (after any
 fallback) is an HTTP error the SDK raises as its usual exception; a failure
 after it is an error chunk, which the SDK raises as `openai.APIError`.
+
+A proxy in front (nginx's `proxy_read_timeout`) cuts a response that stays
+silent too long, so after each `sse.heartbeat` of silence the gateway sends
+bytes that clients ignore: an SSE comment in a stream, a space before a
+non-streamed JSON answer. The first one commits the status to 200: a failure
+after it is an error chunk, or for a non-streamed answer an OpenAI error body.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ _HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # nginx: pass each chunk on at once
 ]
+_JSON_HEADERS = [(b"content-type", b"application/json"), (b"x-accel-buffering", b"no")]
 
 
 class _Fields(BaseModel):
@@ -89,6 +96,7 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
         await gateway.limits.check_rate(identity)
         body = await read_payload(request, CompletionRequest, gateway.settings.limits)
         gateway.router.check(body.model)
+        gateway.descriptors.check(gateway.settings.server.fd_reserve)
         slot = await gateway.limits.acquire(identity)
     except GatewayError as exc:
         return openai_response(exc)
@@ -123,6 +131,8 @@ class _Completion:
         self._gateway = gateway
         self._body = body
         self._started = False  # the response has begun
+        self._sending = anyio.Lock()  # the answer and the keep-alive bytes share `send`
+        self._written = 0.0  # when bytes were last sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self._gateway
@@ -136,16 +146,14 @@ class _Completion:
                     if not self._body.stream:
                         chunks.append(payload)
                         return
-                    if not self._started:
-                        self._started = True
-                        await send(
-                            {"type": "http.response.start", "status": 200, "headers": _HEADERS}
-                        )
                     body = b"data: " + payload.encode() + b"\n\n"
                     message = {"type": "http.response.body", "body": body, "more_body": True}
-                    await send_within(send, message, gateway.settings.sse.send_timeout)
+                    async with self._sending:
+                        await self._start(send)
+                        await send_within(send, message, gateway.settings.sse.send_timeout)
+                        self._written = anyio.current_time()
 
-                outcome = await self._race(receive, forward)
+                outcome = await self._race(receive, send, forward)
         except GatewayError as exc:  # refused: draining or at capacity
             await openai_response(exc)(scope, receive, send)
             return
@@ -160,7 +168,28 @@ class _Completion:
         with anyio.move_on_after(self._gateway.settings.sse.send_timeout, shield=True):
             await self._answer(outcome, chunks, scope, receive, send)
 
-    async def _race(self, receive: Receive, forward: OnToken) -> Finish | GatewayError | None:
+    async def _start(self, send: Send) -> None:
+        if not self._started:
+            self._started = True
+            headers = _HEADERS if self._body.stream else _JSON_HEADERS
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def _keep_alive(self, send: Send) -> None:
+        """After each `sse.heartbeat` without a write, bytes the client ignores."""
+        interval = self._gateway.settings.sse.heartbeat
+        filler = b": keep-alive\n\n" if self._body.stream else b" "  # JSON allows leading space
+        self._written = anyio.current_time()
+        while True:
+            await anyio.sleep(max(0.0, self._written + interval - anyio.current_time()))
+            async with self._sending:
+                if anyio.current_time() - self._written >= interval:
+                    await self._start(send)
+                    await send({"type": "http.response.body", "body": filler, "more_body": True})
+                    self._written = anyio.current_time()
+
+    async def _race(
+        self, receive: Receive, send: Send, forward: OnToken
+    ) -> Finish | GatewayError | None:
         """The upstream's outcome, or None when the client left first."""
         outcome: Finish | GatewayError | None = None
         async with anyio.create_task_group() as race:
@@ -184,6 +213,7 @@ class _Completion:
 
             race.start_soon(generate)
             race.start_soon(watch_disconnect)
+            race.start_soon(self._keep_alive, send)
         return outcome
 
     async def _answer(
@@ -198,8 +228,15 @@ class _Completion:
             await openai_response(outcome)(scope, receive, send)
             return
         if not self._body.stream:
-            assert isinstance(outcome, Finish)
-            await JSONResponse(assemble(chunks))(scope, receive, send)
+            if isinstance(outcome, GatewayError):  # after keep-alive spaces: status 200 sent
+                answer = openai_response(outcome)
+            else:
+                answer = JSONResponse(assemble(chunks))
+            if not self._started:
+                await answer(scope, receive, send)
+                return
+            body = bytes(answer.body)  # the status and headers went out with the first space
+            await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         if not self._started:  # cannot happen: a finished answer forwarded its chunks
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})

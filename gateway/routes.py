@@ -5,7 +5,7 @@ The protocol is written down in docs/protocol.md; keep the two in step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from starlette.requests import Request
@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.auth import Authenticator, Identity, authenticate
 from gateway.config import Settings
+from gateway.descriptors import Descriptors
 from gateway.errors import NotFound, ResumeUnavailable
 from gateway.events import parse_last_event_id
 from gateway.limits import Limits
@@ -38,6 +39,7 @@ class Gateway:
     router: Router
     auth: Authenticator
     limits: Limits
+    descriptors: Descriptors = field(default_factory=Descriptors)
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -60,6 +62,7 @@ async def create_stream(request: Request) -> Response:
 
 async def start_generation(gateway: Gateway, identity: Identity, chat: ChatRequest) -> str:
     """Start a generation in one of the caller's stream slots (freed when it ends)."""
+    gateway.descriptors.check(gateway.settings.server.fd_reserve)
     slot = await gateway.limits.acquire(identity)
     try:
         stream_id = gateway.auth.new_stream_id(identity)
@@ -130,6 +133,8 @@ async def readyz(request: Request) -> Response:
         message = "The gateway is shutting down."
     elif not await gateway.store.ready():
         message = "The stream store is unavailable."
+    elif gateway.descriptors.short(gateway.settings.server.fd_reserve):
+        message = "The gateway is short of file descriptors."
     else:
         return JSONResponse({"status": "ready"})
     return JSONResponse({"error": {"code": "not_ready", "message": message}}, status_code=503)

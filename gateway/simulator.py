@@ -24,6 +24,15 @@ gateway) or in an `X-Simulator` header; both hold `key=value` pairs:
                      broken JSON chunk), no_finish ([DONE] without a
                      finish_reason), eof (clean end without either)
 
+What one request may ask for is capped (`simulator.max_tokens`, `max_size`,
+`max_answer_chars`, `max_token_delay`): a directive beyond a cap is refused with
+400 before any work is done.
+
+Inside the gateway (`/simulator`), with `auth.mode` other than `none`, the
+simulator answers only the gateway itself: its upstream client sends a key
+derived from the events URL token secret (`simulator_key`); anyone else gets
+401, so the mount is never an open, unauthenticated upstream.
+
 Every well-formed request is recorded in `Simulator.requests` (newest last) so tests can
 see how it ended: `completed`, `client_gone` (the client closed the
 connection), `fault` or `rejected`.
@@ -32,9 +41,11 @@ connection), `fault` or `rejected`.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import random
 import re
+import secrets
 import time
 import uuid
 from collections import Counter, deque
@@ -48,9 +59,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.config import SimulatorSettings
+from gateway.config import Settings, SimulatorSettings
 
-__all__ = ["Scenario", "SimRequest", "Simulator"]
+__all__ = ["Scenario", "SimRequest", "Simulator", "simulator_key"]
 
 Fault = Literal["drop", "stall", "malformed", "no_finish", "eof"]
 Outcome = Literal["running", "completed", "client_gone", "fault", "rejected"]
@@ -105,7 +116,20 @@ class Scenario:
                 scenario._set(name, value)
             except (ValueError, KeyError):
                 raise _Rejected(400, f"bad simulator directive: {pair!r}") from None
+        scenario._check(defaults)
         return scenario
+
+    def _check(self, caps: SimulatorSettings) -> None:
+        """Refuse what would cost more than the caps allow, before any work is done."""
+        size = self.size or 16  # a generated word is shorter
+        if self.tokens > caps.max_tokens:
+            raise _Rejected(400, f"tokens: at most {caps.max_tokens}")
+        if self.size is not None and self.size > caps.max_size:
+            raise _Rejected(400, f"size: at most {caps.max_size}")
+        if self.tokens * size > caps.max_answer_chars:
+            raise _Rejected(400, f"tokens x size: at most {caps.max_answer_chars} characters")
+        if self.delay > caps.max_token_delay:
+            raise _Rejected(400, f"delay_ms: at most {caps.max_token_delay * 1000:g}")
 
     def _set(self, name: str, value: str) -> None:
         if name == "delay_ms":
@@ -142,8 +166,12 @@ class SimRequest:
 class Simulator:
     """The simulator's state and its Starlette app (`Simulator.app`)."""
 
-    def __init__(self, settings: SimulatorSettings | None = None) -> None:
+    def __init__(
+        self, settings: SimulatorSettings | None = None, api_key: str | None = None
+    ) -> None:
+        """`api_key`: when given, requests without `Authorization: Bearer <api_key>` get 401."""
         self.settings = settings or SimulatorSettings()
+        self._api_key = api_key
         self.requests: deque[SimRequest] = deque(maxlen=10_000)
         self._failures: Counter[str] = Counter()
         self.app = Starlette(
@@ -157,11 +185,21 @@ class Simulator:
         """The recorded requests whose prompt contains `text`."""
         return [r for r in self.requests if text in r.prompt]
 
+    def _authorized(self, request: Request) -> bool:
+        if self._api_key is None:
+            return True
+        given = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, f"Bearer {self._api_key}".encode())
+
     async def _models(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _UNAUTHORIZED.response()
         model = {"id": "sim-1", "object": "model", "created": 0, "owned_by": "sse-gateway"}
         return JSONResponse({"object": "list", "data": [model]})
 
     async def _completions(self, request: Request) -> Response | _StreamingAnswer:
+        if not self._authorized(request):
+            return _UNAUTHORIZED.response()
         try:
             body = await request.json()
             record = self._record(body, request.headers.get("x-simulator", ""))
@@ -214,6 +252,20 @@ class Simulator:
         headers = {"Retry-After": f"{scenario.retry_after:g}"} if scenario.status == 429 else {}
         record.outcome = "rejected"
         raise _Rejected(scenario.status, f"simulated HTTP {scenario.status}", headers)
+
+
+_UNAUTHORIZED = _Rejected(401, "this simulator answers only the gateway it runs in")
+
+
+def simulator_key(settings: Settings) -> str:
+    """The key the gateway's upstream client sends to its own `/simulator`: derived from
+    the events URL token secret, so every worker of one gateway agrees on it; a random
+    one per process when that secret is unset."""
+    secret = settings.auth.token_secret
+    if secret is None:
+        return secrets.token_urlsafe(32)
+    message = b"sse-gateway simulator key"
+    return hmac.new(secret.get_secret_value().encode(), message, "sha256").hexdigest()
 
 
 def _answer(prompt: str, scenario: Scenario) -> list[str]:

@@ -251,7 +251,7 @@ class Upstream:
                         await response.close()
         if scope.cancelled_caught and not done:
             raise UpstreamTimeout(
-                "The upstream stopped sending tokens."
+                "The upstream did not finish the answer in time."
                 if watchdog.started
                 else "The upstream sent no token in time."
             )

@@ -65,7 +65,9 @@ def _add_options(parser: ArgumentParser) -> None:
         default=1.0,
         help="mean pause between a user's answers, in s, ±50%% at random (default 1)",
     )
-    parser.add_argument("--model", default="", help="model to ask for (default: the gateway's)")
+    parser.add_argument(
+        "--model", default="", help="model to ask for (default: the gateway's upstream.model)"
+    )
     parser.add_argument(
         "--no-sim-directive",
         action="store_true",
@@ -300,14 +302,22 @@ class ApiStreamUser(StreamUser):
 class ChatCompletionsUser(StreamUser):
     """OpenAI's streaming chat completions. Off unless `--chat-completions` or named.
 
-    The gateway does not serve `/v1/chat/completions` yet (issue 8); this
-    user is ready for when it does.
+    OpenAI requires a `model`: `--model`, else the first one the gateway's
+    `GET /v1/models` lists (its `upstream.model`).
     """
 
     flow = "/v1/chat/completions"
+    model = ""
+
+    def on_start(self) -> None:
+        self.model = self.options.model
+        if not self.model:
+            response = self.request("GET", "/v1/models", 200)
+            self.model = response.json()["data"][0]["id"] if response is not None else "sim-1"
 
     def body(self) -> dict[str, Any]:
-        return {**super().body(), "stream": True, "stream_options": {"include_usage": True}}
+        body = {**super().body(), "model": self.model}
+        return {**body, "stream": True, "stream_options": {"include_usage": True}}
 
     @task
     def answer(self) -> None:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,16 @@ class GatewayProcess:
         self.log = directory / f"gateway-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.extra_args: list[str] = []
+        #: Run in the child before it starts, e.g. to lower its file descriptor limit.
+        self.preexec: Callable[[], None] | None = None
 
     def start(self) -> GatewayProcess:
         command = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)]
         command += ["--port", str(self.port), "--log-level", "warning", *self.extra_args]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec
+            )
         wait_http(f"{self.url}/healthz", self.process, "gateway")
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -14,9 +15,10 @@ from pathlib import Path
 import httpx
 import openai
 
-from gateway import create_app
+from gateway import __version__, create_app
+from gateway.cli import main
 from tests.conftest import create, free_port, read_events, run_server, test_settings, text_of
-from tests.deploy import terminate
+from tests.deploy import terminate, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,3 +88,46 @@ def test_built_in_simulator_is_mounted_in_the_gateway(simulator):
     assert [e.event for e in events] == ["token"] * 3 + ["done"]
     assert app.state.simulator.find("built-in")[0].outcome == "completed"
     assert not simulator.sim.find("built-in")
+
+
+def test_version():
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "--version"], capture_output=True, text=True, timeout=20
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, f"sse-gateway {__version__}")
+
+
+def test_start_up_says_what_it_serves_without_credentials_and_warns_of_a_missing_key(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.pop("OPENAI_API_KEY", None)
+    env["GATEWAY_UPSTREAM__BASE_URL"] = "https://user:secret@api.example.com/v1?key=k"
+    env["GATEWAY_UPSTREAM__MODEL"] = "gpt-x"
+    log = tmp_path / "stderr.log"
+    command = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=stderr)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, "gateway")
+    finally:
+        terminate(proc)
+    text = log.read_text()
+    (line,) = [line for line in text.splitlines() if f"sse-gateway {__version__} on" in line]
+    assert f"http://127.0.0.1:{port}" in line and "config config.yaml" in line
+    assert "upstream https://api.example.com/v1," in line and "model gpt-x" in line
+    assert "store memory" in line and "X-Forwarded-For trusted from 127.0.0.1, ::1" in line
+    assert "secret" not in text and "key=k" not in text
+    assert "$OPENAI_API_KEY is not set" in text
+
+
+def test_a_missing_redis_extra_is_one_clear_line(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "redis" else real(name, *a)
+    )
+    monkeypatch.setenv("GATEWAY_STREAMS__STORE", "redis")
+    assert main(["serve", "--config", os.devnull]) == 2
+    error = capsys.readouterr().err
+    assert error == "sse-gateway: streams.store: redis needs the redis extra: " + (
+        "pip install 'sse-gateway[redis]'\n"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 
 import httpx2
@@ -206,6 +207,14 @@ def test_retry_after_header_is_whole_seconds_rounded_up(seconds, header):
     assert OverCapacity(retry_after=seconds).headers() == {"Retry-After": header}
 
 
+def test_retry_after_is_whole_seconds_everywhere():
+    """A rate limit's remaining window (56.73 s) is 57 in the body and the event too."""
+    error = OverCapacity(retry_after=56.73452874700001)
+    assert error.body()["error"]["retry_after"] == 57
+    assert json.loads(error.event_data())["retry_after"] == 57
+    assert error.headers() == {"Retry-After": "57"}
+
+
 def test_error_response():
     response = error_response(OverCapacity(retry_after=2))
     assert response.status_code == 503
@@ -237,7 +246,7 @@ def test_from_event_data_round_trips(cls, status, code, retryable, retry_after):
     rebuilt = from_event_data(original.event_data())
     assert (rebuilt.status, rebuilt.code, rebuilt.retryable) == (status, code, retryable)
     assert rebuilt.message == "A message."
-    assert rebuilt.retry_after == retry_after
+    assert rebuilt.retry_seconds == original.retry_seconds
     assert rebuilt.event_data() == original.event_data()
     assert rebuilt.body() == original.body()
     assert rebuilt.headers() == original.headers()
@@ -306,7 +315,7 @@ def test_rate_limited(headers, retry_after, streaming):
     assert error.message == "The upstream answered HTTP 429."
     expected = {"code": "upstream_rate_limited", "message": error.message, "retryable": True}
     if retry_after is not None:
-        expected["retry_after"] = retry_after
+        expected["retry_after"] = max(1, math.ceil(retry_after))  # whole seconds
     assert json.loads(error.event_data()) == expected
 
 

@@ -71,7 +71,7 @@ def test_concurrent_streams_per_caller_and_the_slot_frees_at_the_end(
     assert response.json() == {
         "error": {
             "code": "too_many_streams",
-            "message": "At most 1 streams at once.",
+            "message": "At most 1 stream at once.",
             "retry_after": 1,
         }
     }

@@ -118,3 +118,14 @@ def test_a_failed_stream_is_a_failure_named_by_its_code(tmp_path: Path, fault: s
             ("STREAM", "/v1/streams", "upstream_bad_request"),
             ("POST", "/api/stream", "CatchResponseError('502 upstream_bad_request')"),
         }
+
+
+def test_chat_completions_user_works_with_its_defaults(tmp_path: Path) -> None:
+    """`--chat-completions` without `--model`: the user asks the gateway for its model."""
+    options = ("--users", "2", "--spawn-rate", "2", "--run-time", "3s", "--think-time", "0.2")
+    done = run_locust(tmp_path, *options, "--output-tokens", "4", "--chat-completions")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = stats(tmp_path)
+    assert failures(tmp_path) == []
+    assert count(rows[("POST", "/v1/chat/completions")]) > 0
+    assert count(rows[("STREAM", "/v1/chat/completions")]) > 0

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,13 +40,21 @@ def model_file() -> Path:
     return path
 
 
+def makefile_llama_args() -> list[str]:
+    """The server's arguments as `make run-local-model` gives them (`LLAMA_ARGS`)."""
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    match = re.search(r"^LLAMA_ARGS := (.+)$", makefile, re.MULTILINE)
+    assert match is not None
+    return match.group(1).split()
+
+
 @pytest.fixture(scope="module")
 def llama() -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server on a loopback port; yields its base URL."""
     port = free_port()
     args = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_file())]
-    args += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port)]
-    args += ["--n_ctx", "1024", "--n_threads", "2"]
+    args += [*makefile_llama_args(), "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--n_threads", "2"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -121,3 +131,27 @@ def test_stream_protocol_and_api_stream_equal_the_server(gw, direct):
     assert done == {"finish_reason": direct["finish_reason"], "usage": direct["usage"]}
     assert plain.status_code == 200
     assert plain.text == direct["text"]
+
+
+def test_two_concurrent_chats_both_finish(llama):
+    """llama.cpp's server cuts a running answer when a second request comes, unless
+    `--interrupt_requests False` (as `make run-local-model` starts it)."""
+    results: list[str | None] = [None, None]
+
+    def chat(index: int) -> None:
+        with openai.OpenAI(base_url=llama, api_key="unused", max_retries=0, timeout=120) as sdk:
+            chunks = sdk.chat.completions.create(
+                model="smollm2",
+                messages=PROMPT,
+                max_tokens=MAX_TOKENS,
+                temperature=0,
+                stream=True,
+            )
+            results[index] = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(150)
+    assert None not in results and set(results) <= {"stop", "length"}, results  # both whole

@@ -161,6 +161,15 @@ def test_formatters_mask_the_upstream_key_wherever_it_appears():
     assert LoggingSettings().format == "console"
 
 
+def test_a_console_line_stays_one_line_whatever_the_client_sent():
+    """A path with `%0a` (uvicorn decodes it) cannot forge a second log line."""
+    forged = "/x\n2025-01-01T00:00:00.000Z INFO gateway.http: request finished status=200"
+    line = ConsoleFormatter().format(record("request finished\r\x1b[2J", path=forged))
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "path=/x\\n2025-01-01T00:00:00.000Z INFO" in line
+    assert line.endswith("status=200")
+
+
 def test_redact():
     assert redact("Authorization: Bearer abc.def") == "Authorization: [REDACTED] [REDACTED]"
     assert redact("sent bearer xyz123 along") == "sent bearer [REDACTED] along"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -11,10 +12,20 @@ from pathlib import Path
 
 import httpx
 import httpx_sse
+import openai
 import pytest
 
-from tests.conftest import TIMEOUT, GatewayServer, create, marker, read_events, text_of, wait_until
-from tests.deploy import Nginx
+from tests.conftest import (
+    TIMEOUT,
+    GatewayServer,
+    create,
+    marker,
+    read_events,
+    text_of,
+    wait_until,
+)
+from tests.deploy import Nginx, gateways
+from tests.test_simulator import WITH_KEYS, own_simulator
 
 ACCESS_LOG = Path("/var/log/nginx/sse-gateway.access.log")
 
@@ -23,14 +34,16 @@ ACCESS_LOG = Path("/var/log/nginx/sse-gateway.access.log")
 def behind_nginx(
     gateway: Callable[..., GatewayServer], tmp_path: Path
 ) -> Iterator[Callable[..., Nginx]]:
-    """`behind_nginx(read_timeout=None, **gateway settings)`: one gateway behind nginx."""
+    """`behind_nginx(read_timeout=None, instances=1, **gateway settings)`: gateways
+    behind nginx."""
     with_nginx: list[Nginx] = []
 
-    def start(read_timeout: str | None = None, **overrides: object) -> Nginx:
-        server = gateway(**overrides)
+    def start(read_timeout: str | None = None, instances: int = 1, **overrides: object) -> Nginx:
+        servers = [gateway(**overrides) for _ in range(instances)]
         directory = tmp_path / f"nginx{len(with_nginx)}"
         directory.mkdir()
-        nginx = Nginx(directory, [server.url.removeprefix("http://")], read_timeout)
+        addresses = [server.url.removeprefix("http://") for server in servers]
+        nginx = Nginx(directory, addresses, read_timeout)
         with_nginx.append(nginx.__enter__())
         return nginx
 
@@ -118,3 +131,108 @@ def test_request_id_passes_through_and_the_log_has_no_query_string(client, behin
     assert f"GET /v1/streams/{stream_id}/events HTTP/1.1" in line
     assert secret not in line and "?" not in line
     assert f"rid={request_id}" in line
+
+
+# -- what may be retried, silences, what is not routed --------------------------
+
+
+def sdk(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=20)
+
+
+def test_a_non_streamed_completion_slower_than_the_read_timeout_succeeds_once(
+    behind_nginx, simulator
+):
+    nginx = behind_nginx(read_timeout="1s", instances=2, sse={"heartbeat": 0.3})
+    word = marker()
+    with sdk(nginx.url) as client:
+        answer = client.chat.completions.create(
+            model="sim-1",
+            messages=[{"role": "user", "content": f"{word} [[sim tokens=4 delay_ms=700]]"}],
+        )
+    assert answer.choices[0].finish_reason == "stop"
+    assert len(answer.choices[0].message.content.split()) == 4
+    assert [r.outcome for r in simulator.sim.find(word)] == ["completed"]
+
+
+def test_a_streamed_completion_whose_first_token_is_slower_than_the_read_timeout_succeeds_once(
+    behind_nginx, simulator
+):
+    nginx = behind_nginx(read_timeout="1s", instances=2, sse={"heartbeat": 0.3})
+    word = marker()
+    with sdk(nginx.url) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model="sim-1",
+                messages=[{"role": "user", "content": f"{word} [[sim tokens=2 delay_ms=2500]]"}],
+                stream=True,
+            )
+        )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert [r.outcome for r in simulator.sim.find(word)] == ["completed"]
+
+
+def test_a_plain_text_answer_may_be_silent_longer_than_the_read_timeout(
+    client, behind_nginx, simulator
+):
+    nginx = behind_nginx(read_timeout="1s", sse={"heartbeat": 0.3})
+    word = marker()
+    body = {"message": f"{word} [[sim tokens=2 delay_ms=1500 echo=1 chunk=100]]"}
+    response = client.post(f"{nginx.url}/api/stream", json=body)
+    assert response.status_code == 200
+    assert response.text.startswith(word)
+    assert [r.outcome for r in simulator.sim.find(word)] == ["completed"]
+
+
+def active_streams(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
+    match = re.search(r"^gateway_active_streams (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_post_whose_instance_dies_is_not_replayed_to_another(simulator, tmp_path):
+    settings = {
+        "upstream": {"base_url": simulator.base_url},
+        "web": {"enabled": False},
+        "server": {"drain_timeout": 1},
+    }
+    word = marker()
+    with (
+        gateways(tmp_path, settings, 2) as instances,
+        Nginx(tmp_path / "nginx", [g.url[7:] for g in instances]) as nginx,
+        httpx.Client(timeout=TIMEOUT) as client,
+    ):
+        body = {
+            "model": "sim-1",
+            "messages": [{"role": "user", "content": f"{word} [[sim tokens=20 delay_ms=200]]"}],
+        }
+        outcome: list[httpx.Response] = []
+        post = threading.Thread(
+            target=lambda: outcome.append(
+                client.post(f"{nginx.url}/v1/chat/completions", json=body)
+            )
+        )
+        post.start()
+        wait_until(lambda: any(active_streams(g.url) == 1 for g in instances))
+        (serving,) = [g for g in instances if active_streams(g.url) == 1]
+        serving.stop()  # SIGKILL mid-answer
+        post.join(30)
+    assert outcome[0].status_code == 502
+    assert len(simulator.sim.find(word)) == 1
+
+
+def test_metrics_are_not_routed_through_nginx(client, behind_nginx):
+    nginx = behind_nginx()
+    assert client.get(f"{nginx.url}/metrics").status_code == 404
+    assert client.get(f"{nginx.url}/metrics?x=1").status_code == 404
+
+
+def test_the_simulator_of_a_gateway_with_auth_is_closed_through_nginx(client, simulator, tmp_path):
+    with (
+        own_simulator(simulator, **WITH_KEYS) as (url, _),
+        Nginx(tmp_path, [url.removeprefix("http://")]) as nginx,
+    ):
+        body = {"model": "sim-1", "messages": [{"role": "user", "content": "hi"}]}
+        response = client.post(f"{nginx.url}/simulator/v1/chat/completions", json=body)
+        assert response.status_code == 401
+        assert client.get(f"{nginx.url}/simulator/v1/models").status_code == 401

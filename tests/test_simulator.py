@@ -6,15 +6,28 @@ The session's simulator answers 8 tokens with no delay unless a request asks.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import httpx_sse
 import openai
 import pytest
+from starlette.applications import Starlette
 
-from tests.conftest import TIMEOUT, marker, wait_until
+from gateway import create_app
+from gateway.auth import hash_key
+from tests.conftest import (
+    TIMEOUT,
+    create,
+    marker,
+    read_events,
+    run_server,
+    test_settings,
+    wait_until,
+)
 
 MODEL = "sim-1"
 NASTY = 'one\ntwo\r\nthree\rfour\n\ndata: fake\nevent: done\nid: 9\n: comment\n"q" \\ 🎉 日本 é\t '
@@ -656,3 +669,59 @@ def test_request_records_headers_and_authorization(sdk, simulator):
     assert record.headers["authorization"] == "Bearer sk-test"
     assert record.scenario.tokens == 8
     assert record.scenario.delay == 0
+
+
+# -- caps and the mount in the gateway ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "directive",
+    ["tokens=1000000000", "size=1000000000", "tokens=5000 size=90000", "delay_ms=100000000"],
+)
+def test_a_directive_beyond_the_caps_is_refused_before_any_work(sdk, simulator, directive):
+    content = f"{marker()} [[sim {directive}]]"
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError):
+        stream_chunks(sdk, content)
+    assert time.monotonic() - started < 5
+    assert simulator.sim.requests[-1].prompt != content  # never recorded
+
+
+@contextmanager
+def own_simulator(sim_server, /, **overrides) -> Iterator[tuple[str, Starlette]]:
+    """A gateway whose upstream is its own /simulator (`upstream.base_url: null`)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    settings = {
+        "upstream": {"base_url": None},
+        "server": {"port": sock.getsockname()[1]},
+        "simulator": {"enabled": None},  # served because the upstream uses it
+    }
+    app = create_app(test_settings(sim_server, **{**settings, **overrides}))
+    with run_server(app, sock) as url:
+        yield url, app
+
+
+KEY = "a-client-key"
+WITH_KEYS = {"auth": {"mode": "api_key", "api_keys": [hash_key(KEY)]}}
+
+
+def test_with_auth_on_only_the_gateway_itself_may_call_its_simulator(simulator, client):
+    with own_simulator(simulator, **WITH_KEYS) as (url, app):
+        completions = f"{url}/simulator/v1/chat/completions"
+        body = {"model": MODEL, "messages": user("anonymous [[sim tokens=3]]")}
+        for headers in ({}, {"Authorization": f"Bearer {KEY}"}, {"Authorization": "Bearer x"}):
+            assert client.post(completions, json=body, headers=headers).status_code == 401
+            assert client.get(f"{url}/simulator/v1/models", headers=headers).status_code == 401
+        content = f"{marker()} through the gateway [[sim tokens=3 delay_ms=0]]"
+        client.headers["Authorization"] = f"Bearer {KEY}"
+        events = read_events(client, create(client, url, content))
+    assert [e.event for e in events] == ["token"] * 3 + ["done"]
+    assert [r.outcome for r in app.state.simulator.requests] == ["completed"]
+
+
+def test_the_simulator_is_not_mounted_when_no_upstream_uses_it(gateway, client):
+    url = gateway(simulator={"enabled": None}).url
+    body = {"model": MODEL, "messages": user("hi")}
+    assert client.post(f"{url}/simulator/v1/chat/completions", json=body).status_code == 404
+    assert client.get(f"{url}/simulator/v1/models").status_code == 404

@@ -1,0 +1,155 @@
+"""The HTTP connection limits uvicorn does not have, and uvicorn's options for `serve`.
+
+uvicorn closes an idle keep-alive connection (`timeout_keep_alive`) but puts no
+time limit on a request that arrives slowly, nor any size limit on its head
+with its default parser (httptools): a client trickling a header line, or a
+body, or opening a socket and sending nothing, holds a connection and a file
+descriptor for ever. `protocol(server)` is uvicorn's httptools protocol with
+three limits added where the request is read:
+
+- the head (request line and headers) must arrive within `server.header_timeout`
+  of the connection opening or of its previous response: else 408 and close
+  (a connection that sent nothing is closed without an answer);
+- the body within `server.body_timeout` of the head: else 408 (or, once the
+  answer has started, just close); the application sees a disconnect;
+- a head larger than `server.max_header_bytes` gets 431 and the connection is closed.
+
+These answers are written below the application, in plain text like uvicorn's
+own 400 and 503, and each closed connection is logged with its peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.config import ServerSettings, Settings
+
+__all__ = ["GuardedProtocol", "protocol", "uvicorn_options"]
+
+logger = logging.getLogger("gateway.server")
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with time limits on reading a request and a size
+    limit on its head; `protocol(server)` makes one with the configured limits."""
+
+    header_timeout: ClassVar[float] = 10.0
+    body_timeout: ClassVar[float] = 30.0
+    max_header_bytes: ClassVar[int] = 32_768
+
+    _deadline: asyncio.TimerHandle | None = None
+    _reading_head = True
+    _head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout, self._head_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._reading_head and self._head_bytes > self.max_header_bytes:
+            self._refuse(431, f"The request head is larger than {self.max_header_bytes} bytes.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a request that follows at once (pipelined)
+            self._arm(self.header_timeout, self._head_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head, self._head_bytes = False, 0
+        super().on_headers_complete()
+        self._arm(self.body_timeout, self._body_too_slow)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_head = True
+        self._disarm()  # the next request's clock starts when this response ends
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._reading_head and self._deadline is None and not self.transport.is_closing():
+            self._arm(self.header_timeout, self._head_too_slow)
+
+    def _arm(self, delay: float, callback: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._deadline = None
+        if self._head_bytes == 0 and self.cycle is None:
+            self._log("no request within server.header_timeout")
+            self.transport.close()
+        else:
+            self._refuse(408, "The request head did not arrive in time.")
+
+    def _body_too_slow(self) -> None:
+        self._deadline = None
+        if self.cycle is not None and self.cycle.response_started:
+            self._log("request body not received within server.body_timeout")
+            self.transport.close()
+        else:
+            self._refuse(408, "The request body did not arrive in time.")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` below the application and close the connection."""
+        if self.transport.is_closing():
+            return
+        self._log(message)
+        if self.cycle is not None:  # the application must not write after this answer
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        body = message.encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, _REASONS[status], len(body), body)
+        )
+        self.transport.close()
+
+    def _log(self, message: str) -> None:
+        peer = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
+        logger.info("connection closed: %s", message, extra={"peer": peer})
+
+
+def protocol(server: ServerSettings) -> type[GuardedProtocol]:
+    """`GuardedProtocol` with the limits of `server`."""
+    limits = {
+        "header_timeout": server.header_timeout,
+        "body_timeout": server.body_timeout,
+        "max_header_bytes": server.max_header_bytes,
+    }
+    return type("GuardedProtocol", (GuardedProtocol,), limits)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of `uvicorn.run` / `uvicorn.Config` for `settings`."""
+    server = settings.server
+    return {
+        "host": server.host,
+        "port": server.port,
+        "http": protocol(server),
+        "ws": "none",
+        "limit_concurrency": server.max_connections,
+        "access_log": False,  # the gateway logs each request itself, with its request id
+        "proxy_headers": False,  # the app trusts X-Forwarded-For from server.trusted_proxies only
+        # Drain (ends streams at drain_timeout), then time to send their last event.
+        "timeout_graceful_shutdown": math.ceil(server.drain_timeout) + 3,
+    }
