@@ -87,6 +87,11 @@ __all__ = [
 ]
 
 
+#: The longest `Retry-After` passed on from an upstream: beyond it, a client should
+#: rather try again than believe the upstream.
+_MAX_RETRY_AFTER = 3600.0
+
+
 class GatewayError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal"
@@ -304,24 +309,31 @@ def _refused(exc: BaseException) -> bool:
 
 
 def _retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), at
+    most `_MAX_RETRY_AFTER`; None when absent or not a finite number (`inf`, `nan`)."""
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
-            return max(0.0, float(value) / 1000)
+            return _bounded(float(value) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _bounded(float(value))
     except ValueError:
         pass
     try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        return _bounded(email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _bounded(seconds: float) -> float | None:
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), _MAX_RETRY_AFTER)
 
 
 def error_response(exc: GatewayError) -> JSONResponse:

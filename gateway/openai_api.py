@@ -24,12 +24,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import authenticate
+from gateway.chunks import Chunk, ToolCalls
 from gateway.errors import GatewayError, Shutdown, openai_event, openai_response
 from gateway.limits import acquire_slot, check_rate, holding
 from gateway.payloads import read_payload
 from gateway.responses import send_within
 from gateway.routes import Gateway
-from gateway.upstream import Finish, OnToken
+from gateway.upstream import Finish, OnChunk
 
 __all__ = ["CompletionRequest", "routes"]
 
@@ -126,22 +127,22 @@ class _Completion:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self._gateway
-        chunks: list[str] = []
+        chunks: list[Chunk] = []
         outcome: Finish | GatewayError | None = Shutdown()  # unless the generation ends
         try:
             with gateway.relay.generation() as meter:
 
-                async def forward(payload: str) -> None:
+                async def forward(chunk: Chunk) -> None:
                     meter.token()
                     if not self._body.stream:
-                        chunks.append(payload)
+                        chunks.append(chunk)
                         return
                     if not self._started:
                         self._started = True
                         await send(
                             {"type": "http.response.start", "status": 200, "headers": _HEADERS}
                         )
-                    body = b"data: " + payload.encode() + b"\n\n"
+                    body = _frame(chunk.payload)
                     message = {"type": "http.response.body", "body": body, "more_body": True}
                     await send_within(send, message, gateway.settings.sse.send_timeout)
 
@@ -160,7 +161,7 @@ class _Completion:
         with anyio.move_on_after(self._gateway.settings.sse.send_timeout, shield=True):
             await self._answer(outcome, chunks, scope, receive, send)
 
-    async def _race(self, receive: Receive, forward: OnToken) -> Finish | GatewayError | None:
+    async def _race(self, receive: Receive, forward: OnChunk) -> Finish | GatewayError | None:
         """The upstream's outcome, or None when the client left first."""
         outcome: Finish | GatewayError | None = None
         async with anyio.create_task_group() as race:
@@ -189,7 +190,7 @@ class _Completion:
     async def _answer(
         self,
         outcome: Finish | GatewayError,
-        chunks: list[str],
+        chunks: list[Chunk],
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -199,7 +200,7 @@ class _Completion:
             return
         if not self._body.stream:
             assert isinstance(outcome, Finish)
-            await JSONResponse(assemble(chunks))(scope, receive, send)
+            await JSONResponse(assemble(chunks, outcome))(scope, receive, send)
             return
         if not self._started:  # cannot happen: a finished answer forwarded its chunks
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
@@ -211,45 +212,50 @@ def _outcome_name(outcome: Finish | GatewayError) -> str:
     return "done" if isinstance(outcome, Finish) else outcome.code
 
 
-def assemble(payloads: list[str]) -> dict[str, Any]:
+def _frame(payload: str) -> bytes:
+    """One `data:` event. A chunk the upstream spread over several `data:` lines was
+    joined with LF (JSON whitespace); each line gets its own `data:` again."""
+    return b"data: " + payload.replace("\n", "\ndata: ").encode() + b"\n\n"
+
+
+def assemble(chunks: list[Chunk], finish: Finish) -> dict[str, Any]:
     """The `chat.completion` object that the stream of `chat.completion.chunk`s spells."""
-    chunks = [json.loads(payload) for payload in payloads]
-    first = chunks[0]
-    content: list[str] = []
-    calls: dict[int, dict[str, Any]] = {}
-    finish = None
-    usage = None
+    first = json.loads(chunks[0].payload)
+    content = "".join(chunk.content or "" for chunk in chunks)
+    reasoning = "".join(chunk.reasoning or "" for chunk in chunks)
+    calls = ToolCalls()
     for chunk in chunks:
-        usage = chunk.get("usage") or usage
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            finish = choice.get("finish_reason") or finish
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                content.append(delta["content"])
-            for part in delta.get("tool_calls") or ():
-                call = calls.setdefault(
-                    part.get("index", 0),
-                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                call["id"] = part.get("id") or call["id"]
-                function = part.get("function") or {}
-                call["function"]["name"] += function.get("name") or ""
-                call["function"]["arguments"] += function.get("arguments") or ""
+        for delta in chunk.tool_calls:
+            calls.add(delta)
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": "".join(content) if content or not calls else None,
+        "content": content if content or not calls else None,
         "refusal": None,
     }
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if calls:
-        message["tool_calls"] = [calls[index] for index in sorted(calls)]
+        message["tool_calls"] = [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"] or "", "arguments": call["arguments"]},
+            }
+            for call in calls.assembled()
+        ]
     return {
         "id": first.get("id"),
         "object": "chat.completion",
         "created": first.get("created"),
         "model": first.get("model"),
         "system_fingerprint": first.get("system_fingerprint"),
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": usage,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish.finish_reason,
+            }
+        ],
+        "usage": finish.usage,
     }

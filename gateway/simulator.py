@@ -16,6 +16,8 @@ gateway) or in an `X-Simulator` header; both hold `key=value` pairs:
     size=N           characters per generated token (volume tests)
     tools=1          call a tool instead of answering: the answer text becomes
                      the call's `{"text": ...}` arguments, streamed in pieces
+    utf8=1           write non-ASCII characters in the stream's JSON as raw UTF-8
+                     (as llama.cpp does), U+2028 and all, instead of `\\u` escapes
     status=N         fail before streaming with HTTP N (400, 401, 429, 500, ...)
     retry_after=S    the Retry-After of a 429 (default 1)
     times=N, key=K   fail with `status` only the first N requests that carry key K
@@ -86,6 +88,7 @@ class Scenario:
     tokens: int
     delay: float
     echo: bool = False
+    utf8: bool = False
     tools: bool = False
     chunk: int = 3
     size: int | None = None
@@ -110,7 +113,7 @@ class Scenario:
     def _set(self, name: str, value: str) -> None:
         if name == "delay_ms":
             self.delay = float(value) / 1000
-        elif name in ("echo", "tools"):
+        elif name in ("echo", "tools", "utf8"):
             setattr(self, name, value not in ("0", "false"))
         elif name == "fault":
             if value not in ("drop", "stall", "malformed", "no_finish", "eof"):
@@ -321,8 +324,8 @@ class _StreamingAnswer:
         """A content delta, or with `tools=1` a piece of the call's arguments (the
         first piece also names the call, the last closes the JSON)."""
         if self.call is None:
-            return json.dumps({"content": token})
-        arguments = json.dumps(token)[1:-1]
+            return self._json({"content": token})
+        arguments = self._json(token)[1:-1]
         if index == 0:
             arguments = '{"text": "' + arguments
         if index == len(self.tokens) - 1:
@@ -331,7 +334,11 @@ class _StreamingAnswer:
         if index == 0:
             call = {"index": 0, "id": self.call["id"], "type": "function"}
             call["function"] = {"name": self.call["name"], "arguments": arguments}
-        return json.dumps({"tool_calls": [call]})
+        return self._json({"tool_calls": [call]})
+
+    def _json(self, value: Any) -> str:
+        """JSON text, with non-ASCII characters escaped unless `utf8=1` asks for them raw."""
+        return json.dumps(value, ensure_ascii=not self.record.scenario.utf8)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(

@@ -9,7 +9,6 @@ before the first token was handed on, so a client never sees text twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,13 +18,13 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 import openai
-from openai._response import AsyncAPIResponse
 
 from gateway import logs
+from gateway.chunks import Chunk, parse_chunk
 from gateway.config import UpstreamSettings
+from gateway.decoder import SSEDecoder
 from gateway.errors import (
     GatewayError,
-    UpstreamFailed,
     UpstreamIncomplete,
     UpstreamTimeout,
     from_upstream,
@@ -33,9 +32,10 @@ from gateway.errors import (
 from gateway.metrics import Metrics, UpstreamRequest
 from gateway.payloads import ChatRequest
 
-__all__ = ["Finish", "OnToken", "Upstream", "parse_chunk"]
+__all__ = ["Finish", "OnChunk", "OnToken", "Upstream"]
 
 OnToken = Callable[[str], Awaitable[None]]
+OnChunk = Callable[[Chunk], Awaitable[None]]
 
 _CLOSE_TIMEOUT = 2.0
 _DRAIN_TIMEOUT = 0.1
@@ -134,20 +134,25 @@ class Upstream:
         """Stream one answer, handing each content delta to `on_token`.
 
         Raises a `GatewayError` subclass; retries those that are retryable
-        while no token has been handed on yet.
+        while no output has been handed on yet.
         """
-        return await self._complete(self._arguments(chat), on_token, raw=False)
 
-    async def relay(self, arguments: dict[str, Any], on_chunk: OnToken) -> Finish:
-        """Stream one answer for the OpenAI front door: `on_chunk` gets the JSON of every
-        chunk as the upstream sent it (tool calls, usage and all), from the first chunk
-        with output on, preceded by the ones held back before it (the role chunk), so a
-        failed attempt leaves nothing behind. `arguments` are the request's, without
-        `model` (this upstream's own is used)."""
+        async def forward(chunk: Chunk) -> None:
+            if chunk.content:
+                await on_token(chunk.content)
+
+        return await self._complete(self._arguments(chat), forward)
+
+    async def relay(self, arguments: dict[str, Any], on_chunk: OnChunk) -> Finish:
+        """Stream one answer for the OpenAI front door: `on_chunk` gets every chunk
+        (tool calls, usage and all), from the first chunk with output on, preceded by
+        the ones held back before it (the role chunk), so a failed attempt leaves
+        nothing behind. `arguments` are the request's, without `model` (this
+        upstream's own is used)."""
         arguments = {**arguments, "model": self._settings.model}
-        return await self._complete(arguments, on_chunk, raw=True)
+        return await self._complete(arguments, on_chunk)
 
-    async def _complete(self, arguments: dict[str, Any], forward: OnToken, *, raw: bool) -> Finish:
+    async def _complete(self, arguments: dict[str, Any], forward: OnChunk) -> Finish:
         request_id = logs.request_id.get()
         if request_id is not None:  # so one request can be followed into the upstream's logs
             arguments = {**arguments, "extra_headers": {"X-Request-ID": request_id}}
@@ -155,17 +160,17 @@ class Upstream:
         deadline = anyio.current_time() + settings.timeouts.total
         relayed = False
 
-        async def relay(text: str) -> None:
+        async def relay(chunk: Chunk) -> None:
             nonlocal relayed
             if not relayed:
                 measured.token()
             relayed = True
-            await forward(text)
+            await forward(chunk)
 
         for attempt in range(settings.retries + 1):
             try:
                 with self._metrics.upstream_request(retry=attempt > 0) as measured:
-                    return await self._attempt(arguments, relay, deadline, measured, raw)
+                    return await self._attempt(arguments, relay, deadline, measured)
             except GatewayError as exc:
                 delay = self._retry_delay(exc, attempt, deadline)
                 if relayed or delay is None:
@@ -189,20 +194,20 @@ class Upstream:
     async def _attempt(
         self,
         arguments: dict[str, Any],
-        forward: OnToken,
+        forward: OnChunk,
         deadline: float,
         measured: UpstreamRequest,
-        raw: bool,
     ) -> Finish:
-        """One request. The body is read as raw SSE lines: building an SDK model
-        per chunk costs more CPU than everything else the gateway does per token.
-        `forward` gets content deltas, or with `raw` the chunks themselves."""
+        """One request. The body's bytes go through the SSE decoder and each chunk
+        is parsed here: building an SDK model per chunk costs more CPU than
+        everything else the gateway does per token. `forward` gets every chunk
+        from the first with output on, preceded by the ones held back before it."""
         timeouts = self._settings.timeouts
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
-        response: AsyncAPIResponse[Any] | None = None
+        response: openai.AsyncAPIResponse[Any] | None = None
         done = False
-        held: list[str] = []  # raw: chunks before the first output
+        held: list[Chunk] = []  # chunks before the first output
         with anyio.CancelScope() as scope:
             watchdog = _Watchdog(scope, timeouts.first_token, timeouts.idle, deadline)
             try:
@@ -211,37 +216,29 @@ class Upstream:
                 )
                 response = await request.__aenter__()
                 measured.status = response.status_code
-                data: list[str] = []
-                async for line in response.iter_lines():
-                    if line.startswith("data:"):
-                        data.append(line[6:] if line.startswith("data: ") else line[5:])
-                        continue
-                    if line or not data or done:
-                        continue  # other fields and comments; a blank line ends an event
-                    payload = "\n".join(data)
-                    data.clear()
-                    if payload.startswith("[DONE]"):
-                        # Read on to the end of the body, briefly, so the connection is reused.
-                        done = True
-                        watchdog.shorten(_DRAIN_TIMEOUT)
-                        continue
-                    content, finish, chunk_usage = parse_chunk(payload)
-                    if chunk_usage is not None:
-                        usage = chunk_usage
-                    if finish:
-                        finish_reason = finish
-                    if raw:
-                        if not (watchdog.started or content or _calls_tool(payload)):
-                            held.append(payload)
+                decoder = SSEDecoder()
+                async for data in response.iter_bytes():
+                    for event in decoder.feed(data):
+                        if done:
                             continue
+                        if event.data.startswith("[DONE]"):
+                            # Read on to the end of the body, briefly, so the connection is reused.
+                            done = True
+                            watchdog.shorten(_DRAIN_TIMEOUT)
+                            continue
+                        chunk = parse_chunk(event.data)
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        if chunk.finish_reason:
+                            finish_reason = chunk.finish_reason
+                        if not (watchdog.started or chunk.output):
+                            held.append(chunk)
+                            continue
+                        watchdog.touch()
                         for early in held:
                             await forward(early)
                         held.clear()
-                        await forward(payload)
-                    elif content:
-                        await forward(content)
-                    if content or watchdog.started or raw:
-                        watchdog.touch()
+                        await forward(chunk)
             except (openai.OpenAIError, httpx2.HTTPError) as exc:
                 raise from_upstream(exc, streaming=response is not None) from exc
             finally:
@@ -272,36 +269,3 @@ class Upstream:
         if chat.max_tokens is not None:
             arguments["max_tokens"] = chat.max_tokens
         return arguments
-
-
-def _calls_tool(payload: str) -> bool:
-    """Whether a chunk without content starts a tool call (output, like a token).
-    Parsed again only for the few chunks before the first output."""
-    try:
-        choices = json.loads(payload).get("choices") or ()
-        return any((choice.get("delta") or {}).get("tool_calls") for choice in choices)
-    except (ValueError, AttributeError, TypeError):
-        return False
-
-
-def parse_chunk(payload: str) -> tuple[str | None, str | None, dict[str, Any] | None]:
-    """Content delta, finish reason and usage of one `chat.completion.chunk` (choice 0).
-
-    Raises `UpstreamFailed` for a chunk that is not JSON, has the wrong shape,
-    or carries an error object (as OpenAI sends mid-stream).
-    """
-    content = finish = None
-    try:
-        chunk = json.loads(payload)
-        if chunk.get("error"):
-            raise UpstreamFailed("The upstream reported an error mid-stream.")
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) == 0:
-                finish = choice.get("finish_reason")
-                content = (choice.get("delta") or {}).get("content")
-        usage = chunk.get("usage")
-    except (ValueError, AttributeError, TypeError):
-        raise UpstreamFailed("The upstream sent a malformed chunk.") from None
-    if not isinstance(content, str | None) or not isinstance(usage, dict | None):
-        raise UpstreamFailed("The upstream sent a malformed chunk.")
-    return content, finish, usage
