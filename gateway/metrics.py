@@ -88,12 +88,19 @@ class Metrics:
         )
         self.time_to_first_token = histogram(
             "gateway_time_to_first_token_seconds",
-            "From the create request to the first token stored for readers.",
+            "From the create request to the first output (text, reasoning or a tool call) "
+            "relayed to readers.",
+            LATENCY_BUCKETS,
+        )
+        self.time_to_first_content_token = histogram(
+            "gateway_time_to_first_content_token_seconds",
+            "From the create request to the first answer text relayed (after any reasoning).",
             LATENCY_BUCKETS,
         )
         self.upstream_time_to_first_token = histogram(
             "gateway_upstream_time_to_first_token_seconds",
-            "From sending an upstream request to its first content token.",
+            "From sending an upstream request to its first output (text, reasoning or a "
+            "tool call).",
             LATENCY_BUCKETS,
         )
         self.inter_token_latency = histogram(
@@ -215,23 +222,29 @@ class Metrics:
 class StreamMeter:
     """One stream's token timing; `finish` records its outcome once."""
 
-    __slots__ = ("_gap", "_last", "_metrics", "_started", "first_token", "tokens")
+    __slots__ = ("_content", "_gap", "_last", "_metrics", "_started", "first_token", "tokens")
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._gap = metrics.inter_token_latency
         self._started = self._last = time.monotonic()
         self.tokens = 0
-        #: Seconds from the start to the first token, once there was one.
+        #: Seconds from the start to the first output, once there was one.
         self.first_token: float | None = None
+        self._content = False
 
-    def token(self) -> None:
+    def token(self, *, content: bool = True) -> None:
+        """One delta relayed; `content` when it carries answer text (not reasoning
+        or a tool call)."""
         now = time.monotonic()
         if self.tokens:
             self._gap.observe(now - self._last)
         else:
             self.first_token = now - self._started
             self._metrics.time_to_first_token.observe(self.first_token)
+        if content and not self._content:
+            self._content = True
+            self._metrics.time_to_first_content_token.observe(now - self._started)
         self._last = now
         self.tokens += 1
 

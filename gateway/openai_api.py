@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +27,7 @@ from gateway.auth import authenticate
 from gateway.chunks import Chunk, ToolCalls
 from gateway.errors import GatewayError, Shutdown, openai_event, openai_response
 from gateway.limits import acquire_slot, check_rate, holding
-from gateway.payloads import read_payload
+from gateway.payloads import ChatMessage, read_payload
 from gateway.responses import send_within
 from gateway.routes import Gateway
 from gateway.upstream import Finish, OnChunk
@@ -43,37 +43,16 @@ _HEADERS = [
 ]
 
 
-class _Fields(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class Message(BaseModel):
-    """A message is passed on as sent (content parts, tool calls, names); only its role
-    is checked here, the rest is the upstream's to judge."""
+class CompletionRequest(BaseModel):
+    """A chat completion request. The gateway reads what it enforces (`messages`,
+    `model`, the `max_tokens` cap) and `stream`; every field is passed on as given."""
 
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-
-
-class StreamOptions(_Fields):
-    include_usage: bool = False
-
-
-class CompletionRequest(_Fields):
-    """The fields of a chat completion request the gateway passes on; others are refused."""
-
-    messages: list[Message] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
     model: str = Field(min_length=1, max_length=256)
     stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
 
     def arguments(self) -> dict[str, Any]:
         """What the upstream gets (its own model name is added by the upstream)."""

@@ -21,6 +21,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -35,7 +36,7 @@ from gateway.metrics import Metrics, StreamMeter
 from gateway.payloads import ChatRequest
 from gateway.routing import Router
 from gateway.store import StreamStore
-from gateway.upstream import Finish
+from gateway.upstream import Delta, Finish, OnDelta
 
 __all__ = ["Relay"]
 
@@ -164,22 +165,22 @@ class Relay:
             await self._generate(stream_id, chat, meter)
 
     async def _generate(self, stream_id: str, chat: ChatRequest, meter: StreamMeter) -> None:
-        async def append_token(text: str) -> None:
-            await self._store.append(stream_id, "token", '{"text": ' + json.dumps(text) + "}")
+        async def append(delta: Delta) -> None:
+            await self._store.append(stream_id, delta.kind, delta.data)
 
         window = self._settings.sse.coalesce_ms / 1000
-        coalescer = Coalescer(append_token, window) if window else None
+        coalescer = Coalescer(append, window) if window else None
 
         completion: list[str] | None = [] if self._settings.logging.content else None
 
-        async def on_token(text: str) -> None:
-            meter.token()
-            if completion is not None:
-                completion.append(text)
-            await (coalescer.add(text) if coalescer else append_token(text))
+        async def on_delta(delta: Delta) -> None:
+            meter.token(content=delta.kind == "token")
+            if completion is not None and delta.kind == "token":
+                completion.append(delta.text)
+            await (coalescer.add(delta) if coalescer else append(delta))
 
         contenders: list[Callable[[], Awaitable[Outcome]]] = [
-            lambda: self._answer(chat, on_token),
+            lambda: self._answer(chat, on_delta),
             lambda: self._cancelled(stream_id),
             lambda: self._abandoned(stream_id),
         ]
@@ -231,11 +232,9 @@ class Relay:
         assert winner is not None
         return winner
 
-    async def _answer(
-        self, chat: ChatRequest, on_token: Callable[[str], Awaitable[None]]
-    ) -> Outcome:
+    async def _answer(self, chat: ChatRequest, on_delta: OnDelta) -> Outcome:
         try:
-            return await self._upstream.complete(chat, on_token)
+            return await self._upstream.complete(chat, on_delta)
         except GatewayError as exc:
             return exc
         except Exception:
@@ -259,8 +258,10 @@ class Relay:
 
     async def _finish(self, stream_id: str, outcome: Outcome) -> None:
         if isinstance(outcome, Finish):
-            data = json.dumps({"finish_reason": outcome.finish_reason, "usage": outcome.usage})
-            event = "done"
+            done: dict[str, Any] = {"finish_reason": outcome.finish_reason, "usage": outcome.usage}
+            if outcome.tool_calls:
+                done["tool_calls"] = outcome.tool_calls
+            data, event = json.dumps(done), "done"
         else:
             data, event = outcome.event_data(), "error"
         try:

@@ -21,13 +21,13 @@ from gateway.config import Settings, UpstreamSettings
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.metrics import Metrics
 from gateway.payloads import ChatRequest
-from gateway.upstream import Finish, OnChunk, OnToken, Upstream
+from gateway.upstream import Finish, OnChunk, OnDelta, Upstream
 
 __all__ = ["Router"]
 
 logger = logging.getLogger("gateway.routing")
 
-#: What an upstream hands on: a text delta, or a chunk for the OpenAI front door.
+#: What an upstream hands on: a delta, or a chunk for the OpenAI front door.
 Item = TypeVar("Item")
 
 #: Backoff before the next upstream: 0.1 s, 0.2 s, 0.4 s ... at most 1 s.
@@ -54,9 +54,9 @@ class Router:
         """Raise `ModelNotFound` unless `model` is routed (None: the default)."""
         self._upstreams(model)
 
-    async def complete(self, chat: ChatRequest, on_token: OnToken) -> Finish:
+    async def complete(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
         """`Upstream.complete` over the route of `chat.model`, with fallback."""
-        return await self._route(chat.model, lambda up, out: up.complete(chat, out), on_token)
+        return await self._route(chat.model, lambda up, out: up.complete(chat, out), on_delta)
 
     async def relay(self, model: str, arguments: dict[str, Any], on_chunk: OnChunk) -> Finish:
         """`Upstream.relay` (raw chunks, for the OpenAI front door) over the route of `model`."""

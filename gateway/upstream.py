@@ -9,10 +9,11 @@ before the first token was handed on, so a client never sees text twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -20,7 +21,7 @@ import httpx2
 import openai
 
 from gateway import logs
-from gateway.chunks import Chunk, parse_chunk
+from gateway.chunks import Chunk, ToolCalls, parse_chunk
 from gateway.config import UpstreamSettings
 from gateway.decoder import SSEDecoder
 from gateway.errors import (
@@ -32,9 +33,8 @@ from gateway.errors import (
 from gateway.metrics import Metrics, UpstreamRequest
 from gateway.payloads import ChatRequest
 
-__all__ = ["Finish", "OnChunk", "OnToken", "Upstream"]
+__all__ = ["Delta", "Finish", "OnChunk", "OnDelta", "Upstream"]
 
-OnToken = Callable[[str], Awaitable[None]]
 OnChunk = Callable[[Chunk], Awaitable[None]]
 
 _CLOSE_TIMEOUT = 2.0
@@ -97,6 +97,67 @@ class _Watchdog:
 class Finish:
     finish_reason: str
     usage: dict[str, Any] | None
+    #: The answer's tool calls, assembled: `{"id", "name", "arguments"}` each.
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+
+DeltaKind = Literal["token", "reasoning", "tool_call"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One piece of output, as a stream event: `kind` is its name, `data` its JSON.
+
+    `text` is the answer or reasoning text, or a tool call's argument fragment;
+    a tool call's `id` and `name` come with its first fragment.
+    """
+
+    kind: DeltaKind
+    text: str
+    index: int = 0
+    id: str | None = None
+    name: str | None = None
+
+    @property
+    def data(self) -> str:
+        if self.kind != "tool_call":
+            return '{"text": ' + json.dumps(self.text) + "}"
+        call: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            call["id"] = self.id
+        if self.name is not None:
+            call["name"] = self.name
+        call["arguments"] = self.text
+        return json.dumps(call)
+
+    def continued_by(self, other: Delta) -> bool:
+        """Whether `other` only adds text to this delta (same kind, same tool call),
+        so the two may go out as one event."""
+        return (
+            other.kind == self.kind
+            and other.index == self.index
+            and other.id is None
+            and other.name is None
+        )
+
+    def joined(self, text: str) -> Delta:
+        return Delta(self.kind, self.text + text, self.index, self.id, self.name)
+
+
+OnDelta = Callable[[Delta], Awaitable[None]]
+
+
+def deltas(chunk: Chunk) -> list[Delta]:
+    """A chunk's output as events: reasoning, then text, then tool-call pieces."""
+    found = []
+    if chunk.reasoning:
+        found.append(Delta("reasoning", chunk.reasoning))
+    if chunk.content:
+        found.append(Delta("token", chunk.content))
+    for call in chunk.tool_calls:
+        if call.arguments or call.id or call.name:
+            found.append(Delta("tool_call", call.arguments, call.index, call.id, call.name))
+    return found
 
 
 class Upstream:
@@ -130,32 +191,40 @@ class Upstream:
         """This upstream's label in logs and metrics."""
         return self._name
 
-    async def complete(self, chat: ChatRequest, on_token: OnToken) -> Finish:
-        """Stream one answer, handing each content delta to `on_token`.
+    async def complete(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
+        """Stream one answer, handing each piece of output (text, reasoning, a tool
+        call's piece) to `on_delta` as it comes.
 
         Raises a `GatewayError` subclass; retries those that are retryable
         while no output has been handed on yet.
         """
 
         async def forward(chunk: Chunk) -> None:
-            if chunk.content:
-                await on_token(chunk.content)
+            for delta in deltas(chunk):
+                await on_delta(delta)
 
         return await self._complete(self._arguments(chat), forward)
 
-    async def relay(self, arguments: dict[str, Any], on_chunk: OnChunk) -> Finish:
+    async def relay(self, fields: dict[str, Any], on_chunk: OnChunk) -> Finish:
         """Stream one answer for the OpenAI front door: `on_chunk` gets every chunk
         (tool calls, usage and all), from the first chunk with output on, preceded by
         the ones held back before it (the role chunk), so a failed attempt leaves
-        nothing behind. `arguments` are the request's, without `model` (this
-        upstream's own is used)."""
-        arguments = {**arguments, "model": self._settings.model}
-        return await self._complete(arguments, on_chunk)
+        nothing behind. `fields` are the request body's, without `model` (this
+        upstream's own is used) and `stream`."""
+        return await self._complete(fields, on_chunk)
 
-    async def _complete(self, arguments: dict[str, Any], forward: OnChunk) -> Finish:
+    async def _complete(self, fields: dict[str, Any], forward: OnChunk) -> Finish:
+        """`fields` (the body without `model` and `stream`) are passed on as given: all
+        but `messages` through `extra_body`, so fields the SDK does not know pass too."""
+        body = dict(fields)
+        arguments: dict[str, Any] = {
+            "model": self._settings.model,
+            "messages": body.pop("messages"),
+            "extra_body": body,
+        }
         request_id = logs.request_id.get()
         if request_id is not None:  # so one request can be followed into the upstream's logs
-            arguments = {**arguments, "extra_headers": {"X-Request-ID": request_id}}
+            arguments["extra_headers"] = {"X-Request-ID": request_id}
         settings = self._settings
         deadline = anyio.current_time() + settings.timeouts.total
         relayed = False
@@ -208,6 +277,7 @@ class Upstream:
         response: openai.AsyncAPIResponse[Any] | None = None
         done = False
         held: list[Chunk] = []  # chunks before the first output
+        calls = ToolCalls()
         with anyio.CancelScope() as scope:
             watchdog = _Watchdog(scope, timeouts.first_token, timeouts.idle, deadline)
             try:
@@ -231,6 +301,8 @@ class Upstream:
                             usage = chunk.usage
                         if chunk.finish_reason:
                             finish_reason = chunk.finish_reason
+                        for call in chunk.tool_calls:
+                            calls.add(call)
                         if not (watchdog.started or chunk.output):
                             held.append(chunk)
                             continue
@@ -256,16 +328,14 @@ class Upstream:
             raise UpstreamIncomplete()
         for early in held:  # an answer without output: a role and a finish chunk
             await forward(early)
-        return Finish(finish_reason, usage)
+        return Finish(finish_reason, usage, tuple(calls.assembled()))
 
     def _arguments(self, chat: ChatRequest) -> dict[str, Any]:
-        arguments: dict[str, Any] = {
-            "model": self._settings.model,
-            "messages": [message.model_dump() for message in chat.messages],
-            "stream_options": {"include_usage": True},
+        """The request's fields as given, but always streamed with usage."""
+        fields = chat.model_dump(exclude_unset=True, exclude={"model", "stream"})
+        options = fields.get("stream_options")
+        fields["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
         }
-        if chat.temperature is not None:
-            arguments["temperature"] = chat.temperature
-        if chat.max_tokens is not None:
-            arguments["max_tokens"] = chat.max_tokens
-        return arguments
+        return fields

@@ -268,8 +268,6 @@ def test_unknown_model_is_openai_404(gw):
 @pytest.mark.parametrize(
     ("extra", "where"),
     [
-        ({"temperature": 5}, "temperature"),
-        ({"n": 2}, "n"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
     ],
