@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import UpstreamFailed
+from gateway.errors import UpstreamFailed, upstream_detail
 
 __all__ = ["Chunk", "ToolCallDelta", "ToolCalls", "finite_usage", "parse_chunk"]
 
@@ -99,7 +99,9 @@ def parse_chunk(payload: str) -> Chunk:
 def _read(chunk: Any, payload: str, drop_usage: bool) -> Chunk:
     error = chunk.get("error")
     if error:
-        raise UpstreamFailed("The upstream reported an error mid-stream.")
+        upstream = upstream_detail(error)
+        message = upstream.get("message") or "The upstream reported an error mid-stream."
+        raise UpstreamFailed(message, upstream=upstream)
     content = reasoning = finish = None
     calls: tuple[ToolCallDelta, ...] = ()
     for choice in chunk.get("choices") or ():

@@ -138,9 +138,14 @@ def test_malformed_chunks(payload):
         parse_chunk(payload)
 
 
-def test_error_object_mid_stream():
-    with pytest.raises(UpstreamFailed, match="reported an error"):
+def test_error_object_mid_stream_carries_the_upstreams_account():
+    with pytest.raises(UpstreamFailed, match="overloaded") as caught:
         parse_chunk(json.dumps({"error": {"message": "overloaded", "type": "server_error"}}))
+    assert caught.value.upstream == {
+        "status": None,
+        "message": "overloaded",
+        "type": "server_error",
+    }
 
 
 def test_raw_utf8_and_escapes_are_relayed_as_sent():
