@@ -18,7 +18,7 @@ import openai
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.conftest import create, marker, read_events, run_server, text_of
@@ -124,9 +124,25 @@ SCRIPTS: dict[str, bytes] = {
 }
 
 
+CONTEXT_ERROR = {
+    "error": {
+        "message": "This model's maximum context length is 8192 tokens.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+}
+#: Prompts the scripted upstream received.
+RECEIVED: list[str] = []
+
+
 async def scripted(request: Request) -> Response:
-    """An OpenAI-compatible upstream that streams `SCRIPTS[key]` for a prompt holding key."""
+    """An OpenAI-compatible upstream that streams `SCRIPTS[key]` for a prompt holding key,
+    or answers 400 `context_length_exceeded` to a prompt holding `too-long`."""
     prompt = (await request.json())["messages"][-1]["content"]
+    RECEIVED.append(prompt)
+    if "too-long" in prompt:
+        return JSONResponse(CONTEXT_ERROR, status_code=400)
     script = next(value for key, value in SCRIPTS.items() if key in prompt)
     return Response(script, media_type="text/event-stream")
 
@@ -201,3 +217,27 @@ def test_an_absurd_retry_after_gives_a_clean_429(gateway, client, value):
         openai_client.chat.completions.create(
             model="sim-1", messages=[{"role": "user", "content": prompt}]
         )
+
+
+def test_the_upstreams_own_error_reaches_the_caller(hostile, client):
+    tag = f"too-long {marker()}"
+    events = read_events(client, create(client, hostile, tag))
+    error = strict(events[-1].data)
+    assert (events[-1].event, error["code"]) == ("error", "upstream_bad_request")
+    assert error["message"] == CONTEXT_ERROR["error"]["message"]
+    assert error["upstream"] == {"status": 400, **CONTEXT_ERROR["error"]}
+
+    response = client.post(f"{hostile}/api/stream", json={"message": tag})
+    assert response.status_code == 502
+    assert response.json()["error"]["upstream"]["code"] == "context_length_exceeded"
+
+    RECEIVED.clear()
+    with openai.OpenAI(base_url=f"{hostile}/v1", api_key="sk-client") as default_retries:
+        for stream in (True, False):
+            with pytest.raises(openai.BadRequestError) as caught:
+                default_retries.chat.completions.create(
+                    model="sim-1", messages=[{"role": "user", "content": tag}], stream=stream
+                )
+            assert caught.value.status_code == 400
+            assert caught.value.body == CONTEXT_ERROR["error"]
+    assert [prompt for prompt in RECEIVED if prompt == tag] == [tag, tag]  # one request per call
