@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
+from typing import Any
 
 import anyio
 import openai
@@ -110,6 +111,13 @@ class Metrics:
         )
         self.tokens = Counter(
             "gateway_tokens", "Tokens relayed (added when a stream ends).", registry=registry
+        )
+        self.usage_tokens = Counter(
+            "gateway_usage_tokens",
+            "Tokens the upstreams reported in usage, by kind: prompt, completion, reasoning "
+            "(part of completion); unreported: deltas relayed for answers without usage.",
+            ["kind"],
+            registry=registry,
         )
         self.sent_bytes = Counter(
             "gateway_sent_bytes",
@@ -251,6 +259,28 @@ class StreamMeter:
     @property
     def duration(self) -> float:
         return time.monotonic() - self._started
+
+    def usage(self, usage: dict[str, Any] | None) -> dict[str, int]:
+        """Add an answer's usage to `gateway_usage_tokens_total`; returns it for the log
+        line. Without usage from the upstream, the deltas relayed stand in for it."""
+        counts: dict[str, Any]
+        if usage is None:
+            counts = {"unreported": self.tokens}
+        else:
+            details = usage.get("completion_tokens_details")
+            counts = {
+                "prompt": usage.get("prompt_tokens"),
+                "completion": usage.get("completion_tokens"),
+                "reasoning": details.get("reasoning_tokens") if isinstance(details, dict) else None,
+            }
+        found = {
+            kind: value
+            for kind, value in counts.items()
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        }
+        for kind, value in found.items():
+            self._metrics.usage_tokens.labels(kind).inc(value)
+        return found
 
     def finish(self, outcome: str) -> None:
         metrics = self._metrics

@@ -131,9 +131,15 @@ class _Completion:
             return
         name = "client_gone" if outcome is None else _outcome_name(outcome)
         meter.finish(name)
+        usage = meter.usage(outcome.usage if isinstance(outcome, Finish) else None)
         logger.info(
             "stream finished",
-            extra={"outcome": name, "model": self._body.model, "tokens": meter.tokens},
+            extra={
+                "outcome": name,
+                "model": self._body.model,
+                "tokens": meter.tokens,
+                "usage": usage,
+            },
         )
         if outcome is None:
             return  # nobody to answer

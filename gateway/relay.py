@@ -203,10 +203,13 @@ class Relay:
             self._end()
             outcome_name = self._outcome_name(outcome)
             meter.finish(outcome_name)
+            usage = meter.usage(outcome.usage if isinstance(outcome, Finish) else None)
             logger.info(
                 "stream finished",
                 extra={
                     "outcome": outcome_name,
+                    "model": chat.model,
+                    "usage": usage,
                     "duration": round(meter.duration, 6),
                     "tokens": meter.tokens,
                     "ttft": None if meter.first_token is None else round(meter.first_token, 6),

@@ -42,6 +42,9 @@ def test_reasoning_longer_than_first_token_then_the_answer(gateway, client, simu
     assert text_of(events) == message["content"]
     usage = json.loads(events[-1].data)["usage"]
     assert usage["completion_tokens_details"] == {"reasoning_tokens": 8}
+    metrics = client.get(f"{url}/metrics").text
+    assert 'gateway_usage_tokens_total{kind="reasoning"} 8.0' in metrics
+    assert 'gateway_usage_tokens_total{kind="completion"} 11.0' in metrics
 
 
 def test_parallel_tool_calls_arrive_in_pieces_and_assembled(gateway, client):
