@@ -37,7 +37,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     body = response.json()
     assert set(body) == {"error"}, body
     error = body["error"]
-    assert set(error) <= {"code", "message", "retry_after"}, error
+    assert set(error) <= {"code", "message", "retry_after", "upstream"}, error
     assert error["code"] == code, error
     assert isinstance(error["message"], str) and error["message"].strip()
     return error
