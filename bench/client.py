@@ -1,8 +1,8 @@
 """The load client: opens streams against one target and reports what it saw, as JSON.
 
-It runs in its own process so its CPU is not counted as the server's. Token
-events are recognised on the raw lines, without parsing JSON, to keep the
-client cheap.
+It runs in its own process so its CPU is not counted as the server's. Events
+come from the gateway's own SSE decoder; token events are recognised without
+parsing their JSON, to keep the client cheap.
 """
 
 import argparse
@@ -12,8 +12,10 @@ import time
 
 import aiohttp
 
-OPENAI_TOKEN = b'"content": "'
-OPENAI_EMPTY = b'"content": ""'
+from gateway.decoder import SSEDecoder
+
+OPENAI_TOKEN = '"content": "'
+OPENAI_EMPTY = '"content": ""'
 
 
 async def one(session: aiohttp.ClientSession, args: argparse.Namespace) -> dict[str, float]:
@@ -33,18 +35,20 @@ async def one(session: aiohttp.ClientSession, args: argparse.Namespace) -> dict[
     else:
         headers = {"Accept": "text/event-stream"}
         response = await session.post(args.url, json={"messages": messages}, headers=headers)
+    decoder = SSEDecoder()
     async with response:
-        async for line in response.content:
-            if args.kind == "openai":
-                is_token = OPENAI_TOKEN in line and OPENAI_EMPTY not in line
-                done = done or line.startswith(b"data: [DONE]")
-            else:
-                is_token = line.startswith(b"event: token")
-                done = done or line.startswith(b"event: done")
-            if is_token:
-                tokens += 1
-                if first is None:
-                    first = time.perf_counter()
+        async for data in response.content.iter_any():
+            for event in decoder.feed(data):
+                if args.kind == "openai":
+                    is_token = OPENAI_TOKEN in event.data and OPENAI_EMPTY not in event.data
+                    done = done or event.data.startswith("[DONE]")
+                else:
+                    is_token = event.event == "token"
+                    done = done or event.event == "done"
+                if is_token:
+                    tokens += 1
+                    if first is None:
+                        first = time.perf_counter()
     return {"ttft": (first or time.perf_counter()) - started, "tokens": tokens, "ok": done}
 
 

@@ -10,6 +10,8 @@ import os
 
 import aiohttp
 
+from gateway.decoder import SSEDecoder
+
 UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:8001/v1")
 state: dict[str, aiohttp.ClientSession] = {}
 
@@ -32,12 +34,14 @@ async def app(scope, receive, send):
     async with state["session"].post(f"{UPSTREAM}/chat/completions", json=request) as upstream:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        async for line in upstream.content:
-            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-                continue
-            choices = json.loads(line[6:])["choices"]
-            text = choices[0]["delta"].get("content") if choices else None
-            if text:
-                event = b"event: token\ndata: " + json.dumps({"text": text}).encode() + b"\n\n"
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+        decoder = SSEDecoder()
+        async for data in upstream.content.iter_any():
+            for sse in decoder.feed(data):
+                if sse.data.startswith("[DONE]"):
+                    continue
+                choices = json.loads(sse.data)["choices"]
+                text = choices[0]["delta"].get("content") if choices else None
+                if text:
+                    event = b"event: token\ndata: " + json.dumps({"text": text}).encode() + b"\n\n"
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b"event: done\ndata: {}\n\n"})

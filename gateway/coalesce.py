@@ -1,9 +1,11 @@
-"""Coalescing: token deltas that arrive within `sse.coalesce_ms` go out as one event.
+"""Coalescing: deltas that arrive within `sse.coalesce_ms` go out as fewer events.
 
 A fast model can send a thousand deltas a second; each becomes a stored event,
 a frame and a write per reader. Joining the deltas of a short window cuts
-that work several times over while the text stays exact. The first delta is
-never held back, so time to first token does not change.
+that work several times over while the text stays exact. Only consecutive
+deltas of one kind (and one tool call) are joined, so events never change
+order: reasoning, text and each tool call's arguments keep their sequence.
+The first delta is never held back, so time to first token does not change.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import anyio
+
+from gateway.upstream import Delta
 
 __all__ = ["Coalescer"]
 
@@ -24,20 +28,24 @@ class Coalescer:
     terminal event.
     """
 
-    def __init__(self, emit: Callable[[str], Awaitable[None]], window: float) -> None:
+    def __init__(self, emit: Callable[[Delta], Awaitable[None]], window: float) -> None:
         self._emit = emit
         self._window = window
-        self._buffer: list[str] = []
+        #: Runs of deltas to join: the first delta of each, and the texts that follow it.
+        self._buffer: list[tuple[Delta, list[str]]] = []
         self._due = 0.0
         self._pending = anyio.Event()
         self._first = True
 
-    async def add(self, text: str) -> None:
+    async def add(self, delta: Delta) -> None:
         if self._first:
             self._first = False
-            await self._emit(text)
+            await self._emit(delta)
             return
-        self._buffer.append(text)
+        if self._buffer and self._buffer[-1][0].continued_by(delta):
+            self._buffer[-1][1].append(delta.text)
+            return
+        self._buffer.append((delta, []))
         if len(self._buffer) == 1:
             self._due = anyio.current_time() + self._window
             self._pending.set()
@@ -51,7 +59,6 @@ class Coalescer:
                 await self.flush()
 
     async def flush(self) -> None:
-        if self._buffer:
-            text = "".join(self._buffer)
-            self._buffer.clear()
-            await self._emit(text)
+        runs, self._buffer = self._buffer, []
+        for first, texts in runs:
+            await self._emit(first.joined("".join(texts)) if texts else first)

@@ -31,8 +31,11 @@
 
 Before a response starts an error is sent as its status with
 `{"error": {"code", "message"}}`; after, as an SSE `error` event whose data is
-`{"code", "message", "retryable"}` (plus `retry_after` when known).
-`from_upstream` is the one place that translates `openai` exceptions.
+`{"code", "message", "retryable"}` (plus `retry_after` when known). An error
+the upstream explained adds `upstream`: its HTTP status and its error object's
+`message`, `type`, `code` and `param`, bounded and with credentials masked (and
+the message is the upstream's). `from_upstream` is the one place that
+translates `openai` exceptions.
 The OpenAI-compatible endpoints answer the same errors in OpenAI's shape
 (`openai_response`, `openai_event`), so the `openai` SDK raises the exception
 it would raise for OpenAI itself.
@@ -43,12 +46,15 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import time
 from typing import Any, ClassVar
 
 import httpx2
 import openai
 from starlette.responses import JSONResponse
+
+from gateway.logs import REDACTED, redact
 
 __all__ = [
     "BodyTooLarge",
@@ -84,7 +90,19 @@ __all__ = [
     "from_upstream",
     "openai_event",
     "openai_response",
+    "upstream_detail",
 ]
+
+
+#: The longest `Retry-After` passed on from an upstream: beyond it, a client should
+#: rather try again than believe the upstream.
+_MAX_RETRY_AFTER = 3600.0
+#: The longest text of an upstream's error object passed on.
+_MAX_DETAIL = 1000
+#: API keys as providers print them ("Incorrect API key provided: sk-proj-...").
+_KEY = re.compile(r"\b(?:sk|pk|rk|gsk|xai|key)[-_][\w*.-]{6,}", re.IGNORECASE)
+#: The statuses whose error body the OpenAI front door answers as the upstream did.
+_CALLER_ERRORS = (400, 404, 413, 422)
 
 
 class GatewayError(Exception):
@@ -93,9 +111,17 @@ class GatewayError(Exception):
     retryable: ClassVar[bool] = False
     default_message: ClassVar[str] = "Internal error."
 
-    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float | None = None,
+        upstream: dict[str, Any] | None = None,
+    ) -> None:
         self.message = message or self.default_message
         self.retry_after = retry_after
+        #: The upstream's own account of the error (`upstream_detail`), when it gave one.
+        self.upstream = upstream
         super().__init__(self.message)
 
     @property
@@ -114,6 +140,8 @@ class GatewayError(Exception):
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.retry_seconds is not None:
             error["retry_after"] = self.retry_seconds
+        if self.upstream is not None:
+            error["upstream"] = self.upstream
         return {"error": error}
 
     def event_data(self) -> str:
@@ -125,6 +153,8 @@ class GatewayError(Exception):
         }
         if self.retry_seconds is not None:
             data["retry_after"] = self.retry_seconds
+        if self.upstream is not None:
+            data["upstream"] = self.upstream
         return json.dumps(data)
 
 
@@ -142,10 +172,15 @@ class Unauthorized(GatewayError):
     status, code, default_message = 401, "unauthorized", "Authentication required."
 
     def __init__(
-        self, message: str | None = None, *, invalid: bool = False, retry_after: float | None = None
+        self,
+        message: str | None = None,
+        *,
+        invalid: bool = False,
+        retry_after: float | None = None,
+        upstream: dict[str, Any] | None = None,
     ) -> None:
         default = "Invalid credentials." if invalid else None
-        super().__init__(message or default, retry_after=retry_after)
+        super().__init__(message or default, retry_after=retry_after, upstream=upstream)
         self.invalid = invalid
 
     def headers(self) -> dict[str, str]:
@@ -270,7 +305,8 @@ class UpstreamBadRequest(UpstreamError):
 def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
     """Translate an `openai` or `httpx2` exception; `streaming` means the response had begun.
 
-    The upstream's own message is not passed on: it may quote credentials.
+    The upstream's error object is passed on (`upstream_detail`), except for a
+    401/403: that one is about the gateway's own key, not the caller's request.
     """
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not _refused(exc):
         return UpstreamTimeout()
@@ -282,17 +318,36 @@ def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
         return UpstreamUnavailable()
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        detail = f"The upstream answered HTTP {status}."
-        if status == 429:
-            return UpstreamRateLimited(detail, retry_after=_retry_after(exc.response.headers))
         if status in (401, 403):
-            return UpstreamAuth(detail)
+            return UpstreamAuth(f"The upstream answered HTTP {status}.")
+        upstream = upstream_detail(exc.body, status)
+        message = upstream.get("message") or f"The upstream answered HTTP {status}."
+        if status == 429:
+            retry_after = _retry_after(exc.response.headers)
+            return UpstreamRateLimited(message, retry_after=retry_after, upstream=upstream)
         if 400 <= status < 500:
-            return UpstreamBadRequest(detail)
-        return UpstreamFailed(detail)
+            return UpstreamBadRequest(message, upstream=upstream)
+        return UpstreamFailed(message, upstream=upstream)
     if isinstance(exc, openai.APIError):
         return UpstreamFailed("The upstream reported an error mid-stream.")
     return UpstreamFailed()
+
+
+def upstream_detail(body: Any, status: int | None = None) -> dict[str, Any]:
+    """The upstream's own error: its HTTP status (None mid-stream) and the `message`,
+    `type`, `code` and `param` of its error object (`body`, or `body["error"]`),
+    each bounded in size and with credentials masked."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, str):
+        error = {"message": error}
+    detail: dict[str, Any] = {"status": status}
+    for key in ("message", "type", "code", "param"):
+        value = error.get(key) if isinstance(error, dict) else None
+        if isinstance(value, str):
+            detail[key] = _KEY.sub(REDACTED, redact(value))[:_MAX_DETAIL]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            detail[key] = value
+    return detail
 
 
 def _refused(exc: BaseException) -> bool:
@@ -310,24 +365,31 @@ def _refused(exc: BaseException) -> bool:
 
 
 def _retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), at
+    most `_MAX_RETRY_AFTER`; None when absent or not a finite number (`inf`, `nan`)."""
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
-            return max(0.0, float(value) / 1000)
+            return _bounded(float(value) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _bounded(float(value))
     except ValueError:
         pass
     try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        return _bounded(email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _bounded(seconds: float) -> float | None:
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), _MAX_RETRY_AFTER)
 
 
 def error_response(exc: GatewayError) -> JSONResponse:
@@ -340,6 +402,11 @@ def _openai_error(exc: GatewayError) -> tuple[int, dict[str, Any]]:
 
     OpenAI answers an invalid field with 400, where the stream protocol says 422.
     """
+    upstream = exc.upstream or {}
+    if isinstance(exc, UpstreamBadRequest) and upstream.get("status") in _CALLER_ERRORS:
+        # The caller's request was refused: answer as the upstream did.
+        error = {key: upstream.get(key) for key in ("message", "type", "param", "code")}
+        return upstream["status"], {"error": {**error, "message": exc.message}}
     status = 400 if isinstance(exc, InvalidRequest) else exc.status
     if status == 429:
         kind = "rate_limit_error"
@@ -368,7 +435,11 @@ def from_event_data(data: str) -> GatewayError:
     """Rebuild the error a stored `error` event describes (to answer it as HTTP)."""
     fields = json.loads(data)
     error_class = _BY_CODE.get(fields.get("code"), Internal)
-    return error_class(fields.get("message"), retry_after=fields.get("retry_after"))
+    return error_class(
+        fields.get("message"),
+        retry_after=fields.get("retry_after"),
+        upstream=fields.get("upstream"),
+    )
 
 
 def _subclasses(cls: type[GatewayError]) -> list[type[GatewayError]]:

@@ -38,15 +38,16 @@ from gateway.errors import (
 from gateway.limits import Slot
 from gateway.metrics import StreamMeter
 from gateway.store import StreamStore
-from gateway.upstream import Finish, OnToken
+from gateway.upstream import Delta, Finish, OnDelta
 
 __all__ = ["Answer", "Generation", "Outcome"]
 
 logger = logging.getLogger("gateway.generation")
 
 Outcome = Finish | GatewayError
-#: Streams the answer, handing each text delta on; returns how it finished.
-Answer = Callable[[OnToken], Awaitable[Finish]]
+#: Streams the answer, handing each delta (text, reasoning, tool call) on; returns
+#: how it finished.
+Answer = Callable[[OnDelta], Awaitable[Finish]]
 
 
 class Generation:
@@ -62,18 +63,20 @@ class Generation:
         slot: Slot,
         disconnect_grace: float,
         coalesce: float = 0.0,
+        log: dict[str, Any] | None = None,
         log_content: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         """`coalesce` is the window in seconds (0: every delta is its own event);
-        `log_content`, when content logging is on, turns the answer's text into the
-        fields of the finished-stream log line."""
+        `log` adds fields to the finished-stream log line (who asked, for which model);
+        `log_content`, when content logging is on, turns the answer's text into more."""
         self.stream_id = stream_id
         self._answer = answer
         self._store = store
         self._meter = meter
         self._slot = slot
         self._grace = disconnect_grace
-        self._coalescer = Coalescer(self._append_text, coalesce) if coalesce else None
+        self._coalescer = Coalescer(self._append, coalesce) if coalesce else None
+        self._log = log or {}
         self._log_content = log_content
         self._text: list[str] | None = [] if log_content else None
         #: The outcome of `_abandoned`: `cancelled` to clients, `client_gone` in metrics.
@@ -108,19 +111,20 @@ class Generation:
     # -- the contenders ----------------------------------------------------------------
 
     async def _upstream(self) -> Outcome:
-        return await self._answer(self._on_token)
+        return await self._answer(self._on_delta)
 
-    async def _on_token(self, text: str) -> None:
-        self._meter.token()
-        if self._text is not None:
-            self._text.append(text)
+    async def _on_delta(self, delta: Delta) -> None:
+        text = delta.kind == "token"
+        self._meter.token(content=text)
+        if self._text is not None and text:
+            self._text.append(delta.text)
         if self._coalescer is not None:
-            await self._coalescer.add(text)
+            await self._coalescer.add(delta)
         else:
-            await self._append_text(text)
+            await self._append(delta)
 
-    async def _append_text(self, text: str) -> None:
-        await self._store.append(self.stream_id, "token", '{"text": ' + json.dumps(text) + "}")
+    async def _append(self, delta: Delta) -> None:
+        await self._store.append(self.stream_id, delta.kind, delta.data)
 
     async def _cancelled(self) -> Outcome:
         await self._store.wait_cancelled(self.stream_id)
@@ -161,6 +165,8 @@ class Generation:
         meter.finish(name)
         extra: dict[str, Any] = {
             "outcome": name,
+            **self._log,
+            "usage": meter.usage(outcome.usage if isinstance(outcome, Finish) else None),
             "duration": round(meter.duration, 6),
             "tokens": meter.tokens,
             "ttft": None if meter.first_token is None else round(meter.first_token, 6),
@@ -211,6 +217,8 @@ def _as_outcome(exc: Exception) -> GatewayError:
 def _terminal(outcome: Outcome) -> tuple[str, str]:
     """The terminal event's name and JSON data."""
     if isinstance(outcome, Finish):
-        data = {"finish_reason": outcome.finish_reason, "usage": outcome.usage}
+        data: dict[str, Any] = {"finish_reason": outcome.finish_reason, "usage": outcome.usage}
+        if outcome.tool_calls:
+            data["tool_calls"] = list(outcome.tool_calls)
         return "done", json.dumps(data)
     return "error", outcome.event_data()

@@ -20,7 +20,7 @@ The public surface, for every endpoint that starts generations:
     await limits.check_rate(identity)             # 429 rate_limited
     chat = await read_payload(...)                # 4xx for bad input, model, max_tokens
     slot = await limits.acquire(identity)         # 429 too_many_streams
-    stream_id = await relay.start(chat, slot=slot)   # the generation frees it at the end
+    stream_id = await relay.start(chat, stream_id=None, slot=slot)  # freed at its end
     return holding(slot, app)                     # or: an ASGI app that frees it when done
 """
 

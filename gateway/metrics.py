@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
+from typing import Any
 
 import anyio
 import openai
@@ -88,12 +89,19 @@ class Metrics:
         )
         self.time_to_first_token = histogram(
             "gateway_time_to_first_token_seconds",
-            "From the create request to the first token stored for readers.",
+            "From the create request to the first output (text, reasoning or a tool call) "
+            "relayed to readers.",
+            LATENCY_BUCKETS,
+        )
+        self.time_to_first_content_token = histogram(
+            "gateway_time_to_first_content_token_seconds",
+            "From the create request to the first answer text relayed (after any reasoning).",
             LATENCY_BUCKETS,
         )
         self.upstream_time_to_first_token = histogram(
             "gateway_upstream_time_to_first_token_seconds",
-            "From sending an upstream request to its first content token.",
+            "From sending an upstream request to its first output (text, reasoning or a "
+            "tool call).",
             LATENCY_BUCKETS,
         )
         self.inter_token_latency = histogram(
@@ -103,6 +111,13 @@ class Metrics:
         )
         self.tokens = Counter(
             "gateway_tokens", "Tokens relayed (added when a stream ends).", registry=registry
+        )
+        self.usage_tokens = Counter(
+            "gateway_usage_tokens",
+            "Tokens the upstreams reported in usage, by kind: prompt, completion, reasoning "
+            "(part of completion); unreported: deltas relayed for answers without usage.",
+            ["kind"],
+            registry=registry,
         )
         self.sent_bytes = Counter(
             "gateway_sent_bytes",
@@ -215,29 +230,57 @@ class Metrics:
 class StreamMeter:
     """One stream's token timing; `finish` records its outcome once."""
 
-    __slots__ = ("_gap", "_last", "_metrics", "_started", "first_token", "tokens")
+    __slots__ = ("_content", "_gap", "_last", "_metrics", "_started", "first_token", "tokens")
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._gap = metrics.inter_token_latency
         self._started = self._last = time.monotonic()
         self.tokens = 0
-        #: Seconds from the start to the first token, once there was one.
+        #: Seconds from the start to the first output, once there was one.
         self.first_token: float | None = None
+        self._content = False
 
-    def token(self) -> None:
+    def token(self, *, content: bool = True) -> None:
+        """One delta relayed; `content` when it carries answer text (not reasoning
+        or a tool call)."""
         now = time.monotonic()
         if self.tokens:
             self._gap.observe(now - self._last)
         else:
             self.first_token = now - self._started
             self._metrics.time_to_first_token.observe(self.first_token)
+        if content and not self._content:
+            self._content = True
+            self._metrics.time_to_first_content_token.observe(now - self._started)
         self._last = now
         self.tokens += 1
 
     @property
     def duration(self) -> float:
         return time.monotonic() - self._started
+
+    def usage(self, usage: dict[str, Any] | None) -> dict[str, int]:
+        """Add an answer's usage to `gateway_usage_tokens_total`; returns it for the log
+        line. Without usage from the upstream, the deltas relayed stand in for it."""
+        counts: dict[str, Any]
+        if usage is None:
+            counts = {"unreported": self.tokens}
+        else:
+            details = usage.get("completion_tokens_details")
+            counts = {
+                "prompt": usage.get("prompt_tokens"),
+                "completion": usage.get("completion_tokens"),
+                "reasoning": details.get("reasoning_tokens") if isinstance(details, dict) else None,
+            }
+        found = {
+            kind: value
+            for kind, value in counts.items()
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        }
+        for kind, value in found.items():
+            self._metrics.usage_tokens.labels(kind).inc(value)
+        return found
 
     def finish(self, outcome: str) -> None:
         metrics = self._metrics

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,12 +30,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import authenticate
+from gateway.chunks import Chunk, ToolCalls
 from gateway.errors import GatewayError, Shutdown, openai_event, openai_response
 from gateway.limits import holding
-from gateway.payloads import read_payload
+from gateway.payloads import ChatMessage, read_payload
 from gateway.responses import send_within
 from gateway.routes import Gateway
-from gateway.upstream import Finish, OnToken
+from gateway.upstream import Finish, OnChunk
 
 __all__ = ["CompletionRequest", "routes"]
 
@@ -49,37 +50,16 @@ _HEADERS = [
 _JSON_HEADERS = [(b"content-type", b"application/json"), (b"x-accel-buffering", b"no")]
 
 
-class _Fields(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class Message(BaseModel):
-    """A message is passed on as sent (content parts, tool calls, names); only its role
-    is checked here, the rest is the upstream's to judge."""
+class CompletionRequest(BaseModel):
+    """A chat completion request. The gateway reads what it enforces (`messages`,
+    `model`, the `max_tokens` cap) and `stream`; every field is passed on as given."""
 
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-
-
-class StreamOptions(_Fields):
-    include_usage: bool = False
-
-
-class CompletionRequest(_Fields):
-    """The fields of a chat completion request the gateway passes on; others are refused."""
-
-    messages: list[Message] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
     model: str = Field(min_length=1, max_length=256)
     stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
 
     def arguments(self) -> dict[str, Any]:
         """What the upstream gets (its own model name is added by the upstream)."""
@@ -136,17 +116,17 @@ class _Completion:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self._gateway
-        chunks: list[str] = []
+        chunks: list[Chunk] = []
         outcome: Finish | GatewayError | None = Shutdown()  # unless the generation ends
         try:
             with gateway.relay.generation() as meter:
 
-                async def forward(payload: str) -> None:
+                async def forward(chunk: Chunk) -> None:
                     meter.token()
                     if not self._body.stream:
-                        chunks.append(payload)
+                        chunks.append(chunk)
                         return
-                    body = b"data: " + payload.encode() + b"\n\n"
+                    body = _frame(chunk.payload)
                     message = {"type": "http.response.body", "body": body, "more_body": True}
                     async with self._sending:
                         await self._start(send)
@@ -159,9 +139,15 @@ class _Completion:
             return
         name = "client_gone" if outcome is None else _outcome_name(outcome)
         meter.finish(name)
+        usage = meter.usage(outcome.usage if isinstance(outcome, Finish) else None)
         logger.info(
             "stream finished",
-            extra={"outcome": name, "model": self._body.model, "tokens": meter.tokens},
+            extra={
+                "outcome": name,
+                "model": self._body.model,
+                "tokens": meter.tokens,
+                "usage": usage,
+            },
         )
         if outcome is None:
             return  # nobody to answer
@@ -188,7 +174,7 @@ class _Completion:
                     self._written = anyio.current_time()
 
     async def _race(
-        self, receive: Receive, send: Send, forward: OnToken
+        self, receive: Receive, send: Send, forward: OnChunk
     ) -> Finish | GatewayError | None:
         """The upstream's outcome, or None when the client left first."""
         outcome: Finish | GatewayError | None = None
@@ -219,7 +205,7 @@ class _Completion:
     async def _answer(
         self,
         outcome: Finish | GatewayError,
-        chunks: list[str],
+        chunks: list[Chunk],
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -231,7 +217,7 @@ class _Completion:
             if isinstance(outcome, GatewayError):  # after keep-alive spaces: status 200 sent
                 answer = openai_response(outcome)
             else:
-                answer = JSONResponse(assemble(chunks))
+                answer = JSONResponse(assemble(chunks, outcome))
             if not self._started:
                 await answer(scope, receive, send)
                 return
@@ -248,45 +234,50 @@ def _outcome_name(outcome: Finish | GatewayError) -> str:
     return "done" if isinstance(outcome, Finish) else outcome.code
 
 
-def assemble(payloads: list[str]) -> dict[str, Any]:
+def _frame(payload: str) -> bytes:
+    """One `data:` event. A chunk the upstream spread over several `data:` lines was
+    joined with LF (JSON whitespace); each line gets its own `data:` again."""
+    return b"data: " + payload.replace("\n", "\ndata: ").encode() + b"\n\n"
+
+
+def assemble(chunks: list[Chunk], finish: Finish) -> dict[str, Any]:
     """The `chat.completion` object that the stream of `chat.completion.chunk`s spells."""
-    chunks = [json.loads(payload) for payload in payloads]
-    first = chunks[0]
-    content: list[str] = []
-    calls: dict[int, dict[str, Any]] = {}
-    finish = None
-    usage = None
+    first = json.loads(chunks[0].payload)
+    content = "".join(chunk.content or "" for chunk in chunks)
+    reasoning = "".join(chunk.reasoning or "" for chunk in chunks)
+    calls = ToolCalls()
     for chunk in chunks:
-        usage = chunk.get("usage") or usage
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            finish = choice.get("finish_reason") or finish
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                content.append(delta["content"])
-            for part in delta.get("tool_calls") or ():
-                call = calls.setdefault(
-                    part.get("index", 0),
-                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                call["id"] = part.get("id") or call["id"]
-                function = part.get("function") or {}
-                call["function"]["name"] += function.get("name") or ""
-                call["function"]["arguments"] += function.get("arguments") or ""
+        for delta in chunk.tool_calls:
+            calls.add(delta)
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": "".join(content) if content or not calls else None,
+        "content": content if content or not calls else None,
         "refusal": None,
     }
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if calls:
-        message["tool_calls"] = [calls[index] for index in sorted(calls)]
+        message["tool_calls"] = [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"] or "", "arguments": call["arguments"]},
+            }
+            for call in calls.assembled()
+        ]
     return {
         "id": first.get("id"),
         "object": "chat.completion",
         "created": first.get("created"),
         "model": first.get("model"),
         "system_fingerprint": first.get("system_fingerprint"),
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": usage,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish.finish_reason,
+            }
+        ],
+        "usage": finish.usage,
     }

@@ -1,8 +1,15 @@
-"""Request bodies: read within the size limit, parse, validate into typed models."""
+"""Request bodies: read within the size limit, parse, validate into typed models.
+
+A chat request is what the chat completions API accepts. The gateway reads
+only what it enforces or needs (`messages` and their roles, `model`,
+`temperature`, `max_tokens`); every other field, and every other field of a
+message (content parts, `tool_calls`, `tool_call_id`, `name`...), is passed
+to the upstream as given, for the upstream to judge.
+"""
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
@@ -19,17 +26,44 @@ from gateway.errors import (
 __all__ = ["ChatMessage", "ChatRequest", "LegacyRequest", "check_limits", "read_payload"]
 
 
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+class ChatMessage(BaseModel):
+    """A message is passed on as sent; its role is checked, and its text counted."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":  # which may only call tools
+            raise ValueError(f"a {self.role!r} message needs 'content'")
+        return self
+
+    def characters(self) -> int:
+        """The characters of its text: the content, the `text` of content parts, and
+        every string in its other fields (tool call arguments, names...); not the
+        data of images, audio or files, which `max_body_bytes` bounds."""
+        parts = self.content if isinstance(self.content, list) else [self.content]
+        text = sum(
+            _characters(part.get("text") if isinstance(part, dict) else part) for part in parts
+        )
+        return text + _characters(self.model_extra)
 
 
-class ChatMessage(_Payload):
-    role: Literal["system", "user", "assistant"]
-    content: str
+def _characters(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_characters(key) + _characters(item) for key, item in value.items())
+    if isinstance(value, list):
+        return sum(_characters(item) for item in value)
+    return 0
 
 
-class ChatRequest(_Payload):
-    """`POST /v1/streams`."""
+class ChatRequest(BaseModel):
+    """`POST /v1/streams`; fields other than these are passed on as given."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1, max_length=256)
@@ -37,8 +71,11 @@ class ChatRequest(_Payload):
     max_tokens: int | None = Field(default=None, ge=1)
 
 
-class LegacyRequest(_Payload):
-    """`POST /api/stream`, the seed's contract: one `message` or a `messages` list."""
+class LegacyRequest(BaseModel):
+    """`POST /api/stream`, the seed's contract: one `message` or a `messages` list,
+    and the fields of a chat request."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     message: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
@@ -54,12 +91,8 @@ class LegacyRequest(_Payload):
 
     def to_chat(self) -> ChatRequest:
         messages = self.messages or [ChatMessage(role="user", content=self.message or "")]
-        return ChatRequest(
-            messages=messages,
-            model=self.model,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-        )
+        fields = self.model_dump(exclude_unset=True, exclude={"message", "messages"})
+        return ChatRequest(messages=messages, **fields)
 
 
 Payload = TypeVar("Payload", bound=BaseModel)
@@ -95,15 +128,21 @@ async def read_payload(request: Request, model: type[Payload], limits: LimitSett
 
 def check_limits(payload: BaseModel, limits: LimitSettings) -> None:
     """The operator's limits on a valid request; `read_payload` applies them."""
-    for index, message in enumerate(getattr(payload, "messages", None) or ()):
-        content = getattr(message, "content", None)
-        if isinstance(content, str) and len(content) > limits.max_message_chars:
+    message = getattr(payload, "message", None)
+    if isinstance(message, str) and len(message) > limits.max_message_chars:
+        raise InvalidRequest(f"message: at most {limits.max_message_chars} characters.")
+    for index, item in enumerate(getattr(payload, "messages", None) or ()):
+        if isinstance(item, ChatMessage) and item.characters() > limits.max_message_chars:
             raise InvalidRequest(
-                f"messages.{index}.content: at most {limits.max_message_chars} characters."
+                f"messages.{index}: at most {limits.max_message_chars} characters of text."
             )
     for field in ("max_tokens", "max_completion_tokens"):
         value = getattr(payload, field, None)
-        if limits.max_tokens is not None and value is not None and value > limits.max_tokens:
+        if limits.max_tokens is None or value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidRequest(f"{field}: must be an integer.")
+        if value > limits.max_tokens:
             raise InvalidRequest(f"{field}: at most {limits.max_tokens}.")
     model = getattr(payload, "model", None)
     allowed = limits.allowed_models

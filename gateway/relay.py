@@ -66,9 +66,11 @@ class Relay:
         """Generations running now (and admitted ones being set up)."""
         return self._active
 
-    async def start(self, chat: ChatRequest, *, stream_id: str | None, slot: Slot) -> str:
+    async def start(
+        self, chat: ChatRequest, *, stream_id: str | None, slot: Slot, caller: str | None = None
+    ) -> str:
         """Create a stream and start generating into it; returns its id (`stream_id`,
-        or a random one).
+        or a random one); `caller` names who asked, in the finished-stream log line.
 
         From the moment this returns, the generation owns `slot` (the caller's
         concurrency slot, see `limits`) and releases it when it ends. If this
@@ -85,12 +87,13 @@ class Relay:
         settings = self._settings
         generation = Generation(
             stream_id,
-            lambda on_token: self._upstream.complete(chat, on_token),
+            lambda on_delta: self._upstream.complete(chat, on_delta),
             self._store,
             meter=self._metrics.stream_started(),
             slot=slot,
             disconnect_grace=settings.streams.disconnect_grace,
             coalesce=settings.sse.coalesce_ms / 1000,
+            log={"caller": caller, "model": chat.model},
             log_content=(lambda text: _content(chat, text)) if settings.logging.content else None,
         )
         logs.stream_id.set(stream_id)  # for the request's own log lines

@@ -66,7 +66,7 @@ async def start_generation(gateway: Gateway, identity: Identity, chat: ChatReque
     slot = await gateway.limits.acquire(identity)
     try:
         stream_id = gateway.auth.new_stream_id(identity)
-        return await gateway.relay.start(chat, stream_id=stream_id, slot=slot)
+        return await gateway.relay.start(chat, stream_id=stream_id, slot=slot, caller=identity.name)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await slot.release()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -21,11 +21,14 @@ from gateway.config import Settings, UpstreamSettings
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.metrics import Metrics
 from gateway.payloads import ChatRequest
-from gateway.upstream import Finish, OnToken, Upstream
+from gateway.upstream import Finish, OnChunk, OnDelta, Upstream
 
 __all__ = ["Router"]
 
 logger = logging.getLogger("gateway.routing")
+
+#: What an upstream hands on: a delta, or a chunk for the OpenAI front door.
+Item = TypeVar("Item")
 
 #: Backoff before the next upstream: 0.1 s, 0.2 s, 0.4 s ... at most 1 s.
 _BACKOFF_BASE = 0.1
@@ -51,11 +54,11 @@ class Router:
         """Raise `ModelNotFound` unless `model` is routed (None: the default)."""
         self._upstreams(model)
 
-    async def complete(self, chat: ChatRequest, on_token: OnToken) -> Finish:
+    async def complete(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
         """`Upstream.complete` over the route of `chat.model`, with fallback."""
-        return await self._route(chat.model, lambda up, out: up.complete(chat, out), on_token)
+        return await self._route(chat.model, lambda up, out: up.complete(chat, out), on_delta)
 
-    async def relay(self, model: str, arguments: dict[str, Any], on_chunk: OnToken) -> Finish:
+    async def relay(self, model: str, arguments: dict[str, Any], on_chunk: OnChunk) -> Finish:
         """`Upstream.relay` (raw chunks, for the OpenAI front door) over the route of `model`."""
         return await self._route(model, lambda up, out: up.relay(arguments, out), on_chunk)
 
@@ -73,17 +76,17 @@ class Router:
     async def _route(
         self,
         model: str | None,
-        call: Callable[[Upstream, OnToken], Awaitable[Finish]],
-        forward: OnToken,
+        call: Callable[[Upstream, Callable[[Item], Awaitable[None]]], Awaitable[Finish]],
+        forward: Callable[[Item], Awaitable[None]],
     ) -> Finish:
         name = model or self._default
         upstreams = self._upstreams(model)
         started = False
 
-        async def relay(text: str) -> None:
+        async def relay(item: Item) -> None:
             nonlocal started
             started = True
-            await forward(text)
+            await forward(item)
 
         for index, upstream in enumerate(upstreams):
             try:

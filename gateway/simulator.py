@@ -16,6 +16,12 @@ gateway) or in an `X-Simulator` header; both hold `key=value` pairs:
     size=N           characters per generated token (volume tests)
     tools=1          call a tool instead of answering: the answer text becomes
                      the call's `{"text": ...}` arguments, streamed in pieces
+    reasoning=N      think first: N reasoning deltas before the answer, under
+                     `reasoning_content` (or `reasoning_name=reasoning`)
+    calls=N          with tools=1: N parallel tool calls (indexes 0..N-1), one
+                     after the other, each with its arguments in pieces
+    utf8=1           write non-ASCII characters in the stream's JSON as raw UTF-8
+                     (as llama.cpp does), U+2028 and all, instead of `\\u` escapes
     status=N         fail before streaming with HTTP N (400, 401, 429, 500, ...)
     retry_after=S    the Retry-After of a 429 (default 1)
     times=N, key=K   fail with `status` only the first N requests that carry key K
@@ -97,6 +103,10 @@ class Scenario:
     tokens: int
     delay: float
     echo: bool = False
+    utf8: bool = False
+    reasoning: int = 0
+    reasoning_name: Literal["reasoning_content", "reasoning"] = "reasoning_content"
+    calls: int = 1
     tools: bool = False
     chunk: int = 3
     size: int | None = None
@@ -134,19 +144,23 @@ class Scenario:
     def _set(self, name: str, value: str) -> None:
         if name == "delay_ms":
             self.delay = float(value) / 1000
-        elif name in ("echo", "tools"):
+        elif name in ("echo", "tools", "utf8"):
             setattr(self, name, value not in ("0", "false"))
         elif name == "fault":
             if value not in ("drop", "stall", "malformed", "no_finish", "eof"):
                 raise ValueError(value)
             self.fault = value  # type: ignore[assignment]
+        elif name == "reasoning_name":
+            if value not in ("reasoning_content", "reasoning"):
+                raise ValueError(value)
+            self.reasoning_name = value  # type: ignore[assignment]
         elif name == "key":
             self.key = value
         elif name == "retry_after":
             self.retry_after = float(value)
-        elif name in ("tokens", "chunk", "size", "status", "times", "after"):
+        elif name in ("tokens", "chunk", "size", "status", "times", "after", "reasoning", "calls"):
             number = int(value)
-            if number < 0 or (name == "chunk" and number == 0):
+            if number < 0 or (name in ("chunk", "calls") and number == 0):
                 raise ValueError(value)
             setattr(self, name, number)
         else:
@@ -161,6 +175,8 @@ class SimRequest:
     tokens_sent: int = 0
     outcome: Outcome = "running"
     headers: dict[str, str] = field(default_factory=dict)
+    #: The request body as received (every field the gateway passed on).
+    body: dict[str, Any] = field(default_factory=dict)
 
 
 class Simulator:
@@ -204,6 +220,7 @@ class Simulator:
             body = await request.json()
             record = self._record(body, request.headers.get("x-simulator", ""))
             record.headers = dict(request.headers)
+            record.body = body
             self._maybe_fail(record)
         except _Rejected as exc:
             return exc.response()
@@ -214,14 +231,14 @@ class Simulator:
         tokens = text if limit is None else text[: int(limit)]
         finish = "length" if len(tokens) < len(text) else "stop"
         model = str(body["model"])
-        call = _tool_call(body, record) if record.scenario.tools else None
-        if call is not None and finish == "stop":
+        calls = _tool_calls(body, record) if record.scenario.tools else []
+        if calls and finish == "stop":
             finish = "tool_calls"
         if not record.stream:
             record.tokens_sent, record.outcome = len(tokens), "completed"
-            return JSONResponse(_completion(model, "".join(tokens), finish, record, call))
+            return JSONResponse(_completion(model, "".join(tokens), finish, record, calls))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return _StreamingAnswer(record, model, tokens, finish, include_usage, call)
+        return _StreamingAnswer(record, model, tokens, finish, include_usage, calls)
 
     def _record(self, body: Any, header: str) -> SimRequest:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -291,33 +308,57 @@ def _answer(prompt: str, scenario: Scenario) -> list[str]:
     return tokens
 
 
-def _tool_call(body: dict[str, Any], record: SimRequest) -> dict[str, str]:
-    """The id and function name of the call `tools=1` makes: the first tool offered."""
+def _reasoning(prompt: str, scenario: Scenario) -> list[str]:
+    """The `reasoning=N` deltas: other words than the answer's, from the same prompt."""
+    return _answer("reasoning: " + prompt, Scenario(tokens=scenario.reasoning, delay=0))
+
+
+def _tool_calls(body: dict[str, Any], record: SimRequest) -> list[dict[str, str]]:
+    """The id and function name of each call `tools=1` makes: the tools offered, in
+    turn (`answer` when none is)."""
     tools = body.get("tools") or []
-    function = tools[0].get("function") if tools and isinstance(tools[0], dict) else None
-    name = function.get("name") if isinstance(function, dict) else None
     digest = hashlib.sha256(record.prompt.encode()).hexdigest()[:24]
-    return {"id": f"call_{digest}", "name": name if isinstance(name, str) else "answer"}
+    calls = []
+    for index in range(record.scenario.calls):
+        tool = tools[index % len(tools)] if tools else None
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        call_id = f"call_{digest}" if index == 0 else f"call_{digest}_{index}"
+        calls.append({"id": call_id, "name": name if isinstance(name, str) else "answer"})
+    return calls
 
 
-def _usage(record: SimRequest) -> dict[str, int]:
+def _usage(record: SimRequest) -> dict[str, Any]:
     prompt_tokens = len(record.prompt.split())
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": record.tokens_sent,
         "total_tokens": prompt_tokens + record.tokens_sent,
     }
+    if record.scenario.reasoning:
+        reasoning = min(record.scenario.reasoning, record.tokens_sent)
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
 def _completion(
-    model: str, content: str, finish: str, record: SimRequest, call: dict[str, str] | None
+    model: str, content: str, finish: str, record: SimRequest, calls: list[dict[str, str]]
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
-    if call is not None:
+    if record.scenario.reasoning:
+        reasoning = "".join(_reasoning(record.prompt, record.scenario))
+        message[record.scenario.reasoning_name] = reasoning
+    if calls:
         arguments = json.dumps({"text": content})
-        function = {"name": call["name"], "arguments": arguments}
         message["content"] = None
-        message["tool_calls"] = [{"id": call["id"], "type": "function", "function": function}]
+        message["tool_calls"] = [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": arguments},
+            }
+            for call in calls
+        ]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -345,10 +386,10 @@ class _StreamingAnswer:
         tokens: list[str],
         finish: str,
         include_usage: bool,
-        call: dict[str, str] | None,
+        calls: list[dict[str, str]],
     ) -> None:
         self.record = record
-        self.call = call
+        self.calls = calls
         self.tokens = tokens
         self.finish = finish
         self.include_usage = include_usage
@@ -369,21 +410,37 @@ class _StreamingAnswer:
         )
         return f"data: {self._head}{choice}{self._tail}\n\n".encode()
 
-    def _delta(self, index: int, token: str) -> str:
-        """A content delta, or with `tools=1` a piece of the call's arguments (the
-        first piece also names the call, the last closes the JSON)."""
-        if self.call is None:
-            return json.dumps({"content": token})
-        arguments = json.dumps(token)[1:-1]
-        if index == 0:
+    def _deltas(self) -> list[str]:
+        """Every delta of the answer: the reasoning ones, then the content ones, or with
+        `tools=1` the pieces of each call in turn."""
+        scenario = self.record.scenario
+        name = scenario.reasoning_name
+        deltas = [self._json({name: text}) for text in _reasoning(self.record.prompt, scenario)]
+        if not self.calls:
+            return deltas + [self._json({"content": token}) for token in self.tokens]
+        for index in range(len(self.calls)):
+            deltas += [
+                self._call_delta(index, piece, token) for piece, token in enumerate(self.tokens)
+            ]
+        return deltas
+
+    def _call_delta(self, index: int, piece: int, token: str) -> str:
+        """A piece of call `index`'s arguments (the first piece also names the call,
+        the last closes the JSON)."""
+        arguments = self._json(token)[1:-1]
+        if piece == 0:
             arguments = '{"text": "' + arguments
-        if index == len(self.tokens) - 1:
+        if piece == len(self.tokens) - 1:
             arguments += '"}'
-        call: dict[str, Any] = {"index": 0, "function": {"arguments": arguments}}
-        if index == 0:
-            call = {"index": 0, "id": self.call["id"], "type": "function"}
-            call["function"] = {"name": self.call["name"], "arguments": arguments}
-        return json.dumps({"tool_calls": [call]})
+        call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+        if piece == 0:
+            call = {"index": index, "id": self.calls[index]["id"], "type": "function"}
+            call["function"] = {"name": self.calls[index]["name"], "arguments": arguments}
+        return self._json({"tool_calls": [call]})
+
+    def _json(self, value: Any) -> str:
+        """JSON text, with non-ASCII characters escaped unless `utf8=1` asks for them raw."""
+        return json.dumps(value, ensure_ascii=not self.record.scenario.utf8)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -417,12 +474,12 @@ class _StreamingAnswer:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         await body(self._chunk('{"role": "assistant", "content": "", "refusal": null}'))
-        for index, token in enumerate(self.tokens):
+        for index, delta in enumerate(self._deltas()):
             if scenario.fault and index == scenario.after:
                 break
             if scenario.delay:
                 await anyio.sleep(scenario.delay)
-            await body(self._chunk(self._delta(index, token)))
+            await body(self._chunk(delta))
             record.tokens_sent += 1
         else:
             if scenario.fault is None:

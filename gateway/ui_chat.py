@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.auth import Identity, authenticate
 from gateway.config import LimitSettings
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError
 from gateway.payloads import ChatMessage, ChatRequest, check_limits, read_payload
 from gateway.responses import StreamResponse
 from gateway.routes import Gateway, gateway_of, start_generation
@@ -85,23 +85,14 @@ async def stop(request: Request) -> Response:
 
 
 def chat_request(body: UIChatRequest, limits: LimitSettings) -> ChatRequest:
-    """The generation's request, within the operator's `limits`.
-
-    The one place that knows `ChatRequest` holds only text messages of the
-    system, user and assistant: a conversation with files, tool calls or tool
-    results is refused here (422) until it can carry them.
-    """
-    messages = chat_messages(body.messages)
-    plain = []
-    for message in messages:
-        content = message.get("content")
-        if message["role"] == "tool" or "tool_calls" in message or not isinstance(content, str):
-            raise InvalidRequest(
-                "messages: files, tool calls and tool results cannot be relayed here yet."
-            )
-        plain.append(ChatMessage(role=message["role"], content=content))
+    """The generation's request (text, files, tool calls and results), within the
+    operator's `limits`."""
+    messages = [ChatMessage.model_validate(message) for message in chat_messages(body.messages)]
     chat = ChatRequest(
-        messages=plain, model=body.model, temperature=body.temperature, max_tokens=body.max_tokens
+        messages=messages,
+        model=body.model,
+        temperature=body.temperature,
+        max_tokens=body.max_tokens,
     )
     check_limits(chat, limits)
     return chat

@@ -13,19 +13,19 @@ import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
 import httpx2
 import openai
-from openai._response import AsyncAPIResponse
 
 from gateway import logs
+from gateway.chunks import Chunk, ToolCalls, parse_chunk
 from gateway.config import UpstreamSettings
+from gateway.decoder import SSEDecoder
 from gateway.errors import (
     GatewayError,
-    UpstreamFailed,
     UpstreamIncomplete,
     UpstreamTimeout,
     from_upstream,
@@ -33,9 +33,9 @@ from gateway.errors import (
 from gateway.metrics import Metrics, UpstreamRequest
 from gateway.payloads import ChatRequest
 
-__all__ = ["Finish", "OnToken", "Upstream", "parse_chunk"]
+__all__ = ["Delta", "Finish", "OnChunk", "OnDelta", "Upstream"]
 
-OnToken = Callable[[str], Awaitable[None]]
+OnChunk = Callable[[Chunk], Awaitable[None]]
 
 _CLOSE_TIMEOUT = 2.0
 _DRAIN_TIMEOUT = 0.1
@@ -97,6 +97,67 @@ class _Watchdog:
 class Finish:
     finish_reason: str
     usage: dict[str, Any] | None
+    #: The answer's tool calls, assembled: `{"id", "name", "arguments"}` each.
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+
+DeltaKind = Literal["token", "reasoning", "tool_call"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One piece of output, as a stream event: `kind` is its name, `data` its JSON.
+
+    `text` is the answer or reasoning text, or a tool call's argument fragment;
+    a tool call's `id` and `name` come with its first fragment.
+    """
+
+    kind: DeltaKind
+    text: str
+    index: int = 0
+    id: str | None = None
+    name: str | None = None
+
+    @property
+    def data(self) -> str:
+        if self.kind != "tool_call":
+            return '{"text": ' + json.dumps(self.text) + "}"
+        call: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            call["id"] = self.id
+        if self.name is not None:
+            call["name"] = self.name
+        call["arguments"] = self.text
+        return json.dumps(call)
+
+    def continued_by(self, other: Delta) -> bool:
+        """Whether `other` only adds text to this delta (same kind, same tool call),
+        so the two may go out as one event."""
+        return (
+            other.kind == self.kind
+            and other.index == self.index
+            and other.id is None
+            and other.name is None
+        )
+
+    def joined(self, text: str) -> Delta:
+        return Delta(self.kind, self.text + text, self.index, self.id, self.name)
+
+
+OnDelta = Callable[[Delta], Awaitable[None]]
+
+
+def deltas(chunk: Chunk) -> list[Delta]:
+    """A chunk's output as events: reasoning, then text, then tool-call pieces."""
+    found = []
+    if chunk.reasoning:
+        found.append(Delta("reasoning", chunk.reasoning))
+    if chunk.content:
+        found.append(Delta("token", chunk.content))
+    for call in chunk.tool_calls:
+        if call.arguments or call.id or call.name:
+            found.append(Delta("tool_call", call.arguments, call.index, call.id, call.name))
+    return found
 
 
 class Upstream:
@@ -130,42 +191,55 @@ class Upstream:
         """This upstream's label in logs and metrics."""
         return self._name
 
-    async def complete(self, chat: ChatRequest, on_token: OnToken) -> Finish:
-        """Stream one answer, handing each content delta to `on_token`.
+    async def complete(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
+        """Stream one answer, handing each piece of output (text, reasoning, a tool
+        call's piece) to `on_delta` as it comes.
 
         Raises a `GatewayError` subclass; retries those that are retryable
-        while no token has been handed on yet.
+        while no output has been handed on yet.
         """
-        return await self._complete(self._arguments(chat), on_token, raw=False)
 
-    async def relay(self, arguments: dict[str, Any], on_chunk: OnToken) -> Finish:
-        """Stream one answer for the OpenAI front door: `on_chunk` gets the JSON of every
-        chunk as the upstream sent it (tool calls, usage and all), from the first chunk
-        with output on, preceded by the ones held back before it (the role chunk), so a
-        failed attempt leaves nothing behind. `arguments` are the request's, without
-        `model` (this upstream's own is used)."""
-        arguments = {**arguments, "model": self._settings.model}
-        return await self._complete(arguments, on_chunk, raw=True)
+        async def forward(chunk: Chunk) -> None:
+            for delta in deltas(chunk):
+                await on_delta(delta)
 
-    async def _complete(self, arguments: dict[str, Any], forward: OnToken, *, raw: bool) -> Finish:
+        return await self._complete(self._arguments(chat), forward)
+
+    async def relay(self, fields: dict[str, Any], on_chunk: OnChunk) -> Finish:
+        """Stream one answer for the OpenAI front door: `on_chunk` gets every chunk
+        (tool calls, usage and all), from the first chunk with output on, preceded by
+        the ones held back before it (the role chunk), so a failed attempt leaves
+        nothing behind. `fields` are the request body's, without `model` (this
+        upstream's own is used) and `stream`."""
+        return await self._complete(fields, on_chunk)
+
+    async def _complete(self, fields: dict[str, Any], forward: OnChunk) -> Finish:
+        """`fields` (the body without `model` and `stream`) are passed on as given: all
+        but `messages` through `extra_body`, so fields the SDK does not know pass too."""
+        body = dict(fields)
+        arguments: dict[str, Any] = {
+            "model": self._settings.model,
+            "messages": body.pop("messages"),
+            "extra_body": body,
+        }
         request_id = logs.request_id.get()
         if request_id is not None:  # so one request can be followed into the upstream's logs
-            arguments = {**arguments, "extra_headers": {"X-Request-ID": request_id}}
+            arguments["extra_headers"] = {"X-Request-ID": request_id}
         settings = self._settings
         deadline = anyio.current_time() + settings.timeouts.total
         relayed = False
 
-        async def relay(text: str) -> None:
+        async def relay(chunk: Chunk) -> None:
             nonlocal relayed
             if not relayed:
                 measured.token()
             relayed = True
-            await forward(text)
+            await forward(chunk)
 
         for attempt in range(settings.retries + 1):
             try:
                 with self._metrics.upstream_request(retry=attempt > 0) as measured:
-                    return await self._attempt(arguments, relay, deadline, measured, raw)
+                    return await self._attempt(arguments, relay, deadline, measured)
             except GatewayError as exc:
                 delay = self._retry_delay(exc, attempt, deadline)
                 if relayed or delay is None:
@@ -189,20 +263,21 @@ class Upstream:
     async def _attempt(
         self,
         arguments: dict[str, Any],
-        forward: OnToken,
+        forward: OnChunk,
         deadline: float,
         measured: UpstreamRequest,
-        raw: bool,
     ) -> Finish:
-        """One request. The body is read as raw SSE lines: building an SDK model
-        per chunk costs more CPU than everything else the gateway does per token.
-        `forward` gets content deltas, or with `raw` the chunks themselves."""
+        """One request. The body's bytes go through the SSE decoder and each chunk
+        is parsed here: building an SDK model per chunk costs more CPU than
+        everything else the gateway does per token. `forward` gets every chunk
+        from the first with output on, preceded by the ones held back before it."""
         timeouts = self._settings.timeouts
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
-        response: AsyncAPIResponse[Any] | None = None
+        response: openai.AsyncAPIResponse[Any] | None = None
         done = False
-        held: list[str] = []  # raw: chunks before the first output
+        held: list[Chunk] = []  # chunks before the first output
+        calls = ToolCalls()
         with anyio.CancelScope() as scope:
             watchdog = _Watchdog(scope, timeouts.first_token, timeouts.idle, deadline)
             try:
@@ -211,37 +286,31 @@ class Upstream:
                 )
                 response = await request.__aenter__()
                 measured.status = response.status_code
-                data: list[str] = []
-                async for line in response.iter_lines():
-                    if line.startswith("data:"):
-                        data.append(line[6:] if line.startswith("data: ") else line[5:])
-                        continue
-                    if line or not data or done:
-                        continue  # other fields and comments; a blank line ends an event
-                    payload = "\n".join(data)
-                    data.clear()
-                    if payload.startswith("[DONE]"):
-                        # Read on to the end of the body, briefly, so the connection is reused.
-                        done = True
-                        watchdog.shorten(_DRAIN_TIMEOUT)
-                        continue
-                    content, finish, chunk_usage = parse_chunk(payload)
-                    if chunk_usage is not None:
-                        usage = chunk_usage
-                    if finish:
-                        finish_reason = finish
-                    if raw:
-                        if not (watchdog.started or content or _calls_tool(payload)):
-                            held.append(payload)
+                decoder = SSEDecoder()
+                async for data in response.iter_bytes():
+                    for event in decoder.feed(data):
+                        if done:
                             continue
+                        if event.data.startswith("[DONE]"):
+                            # Read on to the end of the body, briefly, so the connection is reused.
+                            done = True
+                            watchdog.shorten(_DRAIN_TIMEOUT)
+                            continue
+                        chunk = parse_chunk(event.data)
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        if chunk.finish_reason:
+                            finish_reason = chunk.finish_reason
+                        for call in chunk.tool_calls:
+                            calls.add(call)
+                        if not (watchdog.started or chunk.output):
+                            held.append(chunk)
+                            continue
+                        watchdog.touch()
                         for early in held:
                             await forward(early)
                         held.clear()
-                        await forward(payload)
-                    elif content:
-                        await forward(content)
-                    if content or watchdog.started or raw:
-                        watchdog.touch()
+                        await forward(chunk)
             except (openai.OpenAIError, httpx2.HTTPError) as exc:
                 raise from_upstream(exc, streaming=response is not None) from exc
             finally:
@@ -259,49 +328,14 @@ class Upstream:
             raise UpstreamIncomplete()
         for early in held:  # an answer without output: a role and a finish chunk
             await forward(early)
-        return Finish(finish_reason, usage)
+        return Finish(finish_reason, usage, tuple(calls.assembled()))
 
     def _arguments(self, chat: ChatRequest) -> dict[str, Any]:
-        arguments: dict[str, Any] = {
-            "model": self._settings.model,
-            "messages": [message.model_dump() for message in chat.messages],
-            "stream_options": {"include_usage": True},
+        """The request's fields as given, but always streamed with usage."""
+        fields = chat.model_dump(exclude_unset=True, exclude={"model", "stream"})
+        options = fields.get("stream_options")
+        fields["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
         }
-        if chat.temperature is not None:
-            arguments["temperature"] = chat.temperature
-        if chat.max_tokens is not None:
-            arguments["max_tokens"] = chat.max_tokens
-        return arguments
-
-
-def _calls_tool(payload: str) -> bool:
-    """Whether a chunk without content starts a tool call (output, like a token).
-    Parsed again only for the few chunks before the first output."""
-    try:
-        choices = json.loads(payload).get("choices") or ()
-        return any((choice.get("delta") or {}).get("tool_calls") for choice in choices)
-    except (ValueError, AttributeError, TypeError):
-        return False
-
-
-def parse_chunk(payload: str) -> tuple[str | None, str | None, dict[str, Any] | None]:
-    """Content delta, finish reason and usage of one `chat.completion.chunk` (choice 0).
-
-    Raises `UpstreamFailed` for a chunk that is not JSON, has the wrong shape,
-    or carries an error object (as OpenAI sends mid-stream).
-    """
-    content = finish = None
-    try:
-        chunk = json.loads(payload)
-        if chunk.get("error"):
-            raise UpstreamFailed("The upstream reported an error mid-stream.")
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) == 0:
-                finish = choice.get("finish_reason")
-                content = (choice.get("delta") or {}).get("content")
-        usage = chunk.get("usage")
-    except (ValueError, AttributeError, TypeError):
-        raise UpstreamFailed("The upstream sent a malformed chunk.") from None
-    if not isinstance(content, str | None) or not isinstance(usage, dict | None):
-        raise UpstreamFailed("The upstream sent a malformed chunk.")
-    return content, finish, usage
+        return fields

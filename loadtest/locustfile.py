@@ -36,7 +36,8 @@ from locust import FastHttpUser, events, task
 from locust.contrib.fasthttp import FastResponse
 from locust.env import Environment
 from locust.stats import RequestStats
-from sse_decoder import Event, SSEDecoder
+
+from gateway.decoder import Event, SSEDecoder
 
 MEASUREMENTS = frozenset({"TTFT", "TPOT", "ITL", "TOKENS"})
 STREAM_HEADERS = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}

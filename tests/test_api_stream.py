@@ -275,7 +275,6 @@ def test_complete_text_response_ends_normally(client, url):
         {"messages": [{"role": "user"}]},
         {"message": "hi", "temperature": 5},
         {"message": "hi", "max_tokens": 0},
-        {"message": "hi", "stream": True},
         {},
         {"message": "hi", "messages": [{"role": "user", "content": "hi"}]},
     ],

@@ -24,13 +24,16 @@ from gateway.errors import StoreUnavailable
 from gateway.memory import MemoryStore
 from gateway.payloads import ChatRequest
 from gateway.store import StoredEvent
-from gateway.upstream import Finish, OnToken
+from gateway.upstream import Delta, Finish, OnChunk, OnDelta
 
 EXIT_WATCHDOG = 10.0  # drain_timeout is 0.5 s: far less is expected
 
 
 def settings(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {"simulator": {"enabled": False}, "server": {"drain_timeout": 0.5}}
+    base: dict[str, Any] = {
+        "upstream": {"base_url": "http://127.0.0.1:9/v1"},  # never called: the router is scripted
+        "server": {"drain_timeout": 0.5},
+    }
     return load_settings(os.devnull, environ={}, overrides={**base, **overrides})
 
 
@@ -44,14 +47,14 @@ class ScriptedRouter:
     def models(self) -> list[str]:
         return ["scripted"]
 
-    async def complete(self, chat: ChatRequest, on_token: OnToken) -> Finish:
-        words = chat.messages[-1].content.split()
+    async def complete(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
+        words = str(chat.messages[-1].content).split()
         for word in words:
-            await on_token(word + " ")
+            await on_delta(Delta("token", word + " "))
             await anyio.sleep(1 if "slow" in words else 0.002)
         return Finish("stop", None)
 
-    async def relay(self, model: str, arguments: dict[str, Any], on_chunk: OnToken) -> Finish:
+    async def relay(self, model: str, arguments: dict[str, Any], on_chunk: OnChunk) -> Finish:
         raise NotImplementedError
 
     async def aclose(self) -> None:

@@ -44,6 +44,7 @@ from gateway.errors import (
     error_response,
     from_event_data,
     from_upstream,
+    openai_response,
 )
 
 REQUEST = httpx2.Request("POST", "http://x")
@@ -312,8 +313,13 @@ def test_rate_limited(headers, retry_after, streaming):
     assert type(error) is UpstreamRateLimited
     assert (error.status, error.code, error.retryable) == (429, "upstream_rate_limited", True)
     assert error.retry_after == retry_after
-    assert error.message == "The upstream answered HTTP 429."
-    expected = {"code": "upstream_rate_limited", "message": error.message, "retryable": True}
+    assert error.message == "upstream said no"  # the upstream's own
+    expected = {
+        "code": "upstream_rate_limited",
+        "message": error.message,
+        "retryable": True,
+        "upstream": {"status": 429, "message": "upstream said no"},
+    }
     if retry_after is not None:
         expected["retry_after"] = max(1, math.ceil(retry_after))  # whole seconds
     assert json.loads(error.event_data()) == expected
@@ -352,7 +358,12 @@ def test_rate_limited_with_retry_after_date_in_the_past_is_zero():
 def test_status_errors(status, sdk_class, expected, streaming):
     error = from_upstream(status_error(status, cls=sdk_class), streaming=streaming)
     assert type(error) is expected
-    assert error.message == f"The upstream answered HTTP {status}."
+    if expected is UpstreamAuth:  # about the gateway's key: the upstream's words stay out
+        assert error.message == f"The upstream answered HTTP {status}."
+        assert error.upstream is None
+    else:
+        assert error.message == "upstream said no"
+        assert error.upstream == {"status": status, "message": "upstream said no"}
     assert error.retry_after is None
     assert error.status == 502
 
@@ -363,7 +374,7 @@ def test_auth_and_bad_request_are_not_retryable_but_5xx_is():
     assert from_upstream(status_error(500), streaming=False).retryable is True
 
 
-def test_upstream_message_is_not_passed_on():
+def test_credentials_in_the_upstream_message_are_never_passed_on():
     secret = "sk-live-LEAKED-0123456789"
     for status in (400, 401, 429, 500):
         exc = status_error(status, message=f"Incorrect API key provided: {secret}")
@@ -372,6 +383,33 @@ def test_upstream_message_is_not_passed_on():
         assert secret not in error.event_data()
         assert secret not in json.dumps(error.body())
         assert secret not in str(error)
+
+
+def test_the_upstream_error_object_is_bounded_and_answered_as_sent_to_openai_clients():
+    body = {
+        "error": {
+            "message": "This model's maximum context length is 8192 tokens." + "x" * 5000,
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+            "extra": "not passed",
+        }
+    }
+    response = httpx2.Response(400, request=REQUEST)
+    exc = openai.BadRequestError("bad", response=response, body=body["error"])
+    error = from_upstream(exc, streaming=False)
+    assert error.message.startswith("This model's maximum context length is 8192 tokens.")
+    assert len(error.message) == 1000
+    assert set(error.upstream) == {"status", "message", "type", "param", "code"}
+    answer = openai_response(error)
+    assert answer.status_code == 400
+    assert json.loads(answer.body)["error"] == {
+        "message": error.message,
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+    assert from_event_data(error.event_data()).upstream == error.upstream
 
 
 def test_api_error_mid_stream():

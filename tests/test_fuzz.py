@@ -105,7 +105,7 @@ def test_a_huge_chunked_body_is_refused_without_being_read(server, simulator):
         (HI, {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
         (b'{"messages": [{"role": "user", "content": "caf\xe9 \xff"}]}', {}, 400, "invalid_json"),
         (b'{"messages": [{"role": "user", "content": "\\ud800 lone"}]}', {}, 400, "invalid_json"),
-        (json.dumps({"messages": [{"role": "tool", "content": "x"}]}).encode(), {}, 422, BAD),
+        (json.dumps({"messages": [{"role": "robot", "content": "x"}]}).encode(), {}, 422, BAD),
         (json.dumps({"messages": [{"role": "user", "content": {"a": 1}}]}).encode(), {}, 422, BAD),
         (json.dumps({**user("x"), "max_tokens": 10**30}).encode(), {}, 422, "invalid_request"),
         (json.dumps({**user("x"), "model": "other"}).encode(), {}, 400, "model_not_allowed"),

@@ -23,7 +23,7 @@ from gateway.limits import Slot
 from gateway.memory import MemoryStore
 from gateway.metrics import Metrics
 from gateway.store import StoredEvent
-from gateway.upstream import Finish, OnToken
+from gateway.upstream import Delta, Finish, OnDelta
 
 pytestmark = pytest.mark.anyio
 
@@ -77,12 +77,12 @@ def scripted(
     *,
     gap: float = 0.0,
     then: Callable[[], Awaitable[Finish]] | None = None,
-) -> Callable[[OnToken], Awaitable[Finish]]:
+) -> Callable[[OnDelta], Awaitable[Finish]]:
     """An upstream answering `tokens`, `gap` seconds apart, then finishing (or `then`)."""
 
-    async def answer(on_token: OnToken) -> Finish:
+    async def answer(on_token: OnDelta) -> Finish:
         for token in tokens:
-            await on_token(token)
+            await on_token(Delta("token", token))
             await anyio.sleep(gap)
         if then is not None:
             return await then()
@@ -93,7 +93,7 @@ def scripted(
 
 async def generate(
     store: ScriptedStore,
-    answer: Callable[[OnToken], Awaitable[Finish]],
+    answer: Callable[[OnDelta], Awaitable[Finish]],
     *,
     coalesce: float = 0.0,
     grace: float = 60.0,
@@ -209,9 +209,9 @@ async def test_cancel_wins_and_closes_the_upstream() -> None:
     store = ScriptedStore()
     closed = anyio.Event()
 
-    async def forever(on_token: OnToken) -> Finish:
+    async def forever(on_token: OnDelta) -> Finish:
         try:
-            await on_token("a")
+            await on_token(Delta("token", "a"))
             await store.cancel("s")
             await anyio.sleep_forever()
         finally:

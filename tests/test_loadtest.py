@@ -1,4 +1,5 @@
-"""The load test (loadtest/): its SSE decoder, and short headless locust runs.
+"""The load test (loadtest/): short headless locust runs (its SSE decoder is
+gateway/decoder.py, tested in tests/test_decoder.py).
 
 The runs go through `loadtest/run.py`, what `make loadtest` runs: a real
 `sse-gateway serve` process on the built-in simulator on a free 127.0.0.1
@@ -15,36 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.sse_decoder import Event, SSEDecoder
-
 RUN = Path(__file__).resolve().parent.parent / "loadtest" / "run.py"
 FLOWS = ("/v1/streams", "/api/stream")
-
-
-def decode(*chunks: bytes) -> list[Event]:
-    decoder = SSEDecoder()
-    return [event for chunk in chunks for event in decoder.feed(chunk)]
-
-
-def test_decoder_dispatches_an_event_when_its_blank_line_arrives() -> None:
-    decoder = SSEDecoder()
-    assert decoder.feed(b"retry: 2000\n\nid: 1\nevent: tok") == []
-    assert decoder.feed(b'en\ndata: {"text": "a"}\n') == []
-    assert decoder.feed(b"\n") == [Event("token", '{"text": "a"}', "1")]
-
-
-def test_decoder_line_endings_comments_and_multiline_data() -> None:
-    events = decode(
-        b"\xef\xbb\xbfdata: one\r",
-        b"\ndata:two\r\r: ping\n",
-        b"event: x\rdata: a\ndata: b\r\n\r\n",
-    )
-    assert events == [Event("message", "one\ntwo", None), Event("x", "a\nb", None)]
-
-
-def test_decoder_keeps_the_last_id_and_ignores_blocks_without_data() -> None:
-    events = decode(b"id: 7\n\nevent: done\n\ndata: x\n\nid: bad\0\ndata: y\n\n")
-    assert events == [Event("message", "x", "7"), Event("message", "y", "7")]
 
 
 def run_locust(results: Path, *options: str) -> subprocess.CompletedProcess[str]:

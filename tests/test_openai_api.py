@@ -202,7 +202,9 @@ def closed_port() -> int:
         ("status=503", openai.InternalServerError, 502, "upstream_error"),
         ("status=401", openai.InternalServerError, 502, "upstream_auth"),
         ("status=403", openai.InternalServerError, 502, "upstream_auth"),
-        ("status=400", openai.InternalServerError, 502, "upstream_bad_request"),
+        ("status=400", openai.BadRequestError, 400, None),  # the upstream's own body
+        ("status=422", openai.UnprocessableEntityError, 422, None),
+        ("status=409", openai.InternalServerError, 502, "upstream_bad_request"),
         ("fault=no_finish", openai.InternalServerError, 502, "upstream_incomplete"),
         ("delay_ms=3000", openai.InternalServerError, 504, "upstream_timeout"),
     ],
@@ -219,9 +221,10 @@ def test_upstream_failures_before_the_first_token(
         )
         list(answer) if stream else None
     assert info.value.status_code == status
+    kind = {429: "rate_limit_error", 400: "invalid_request_error", 422: "invalid_request_error"}
     assert info.value.body == {
         "message": info.value.body["message"],
-        "type": "rate_limit_error" if status == 429 else "server_error",
+        "type": kind.get(status, "server_error"),
         "param": None,
         "code": code,
     }
@@ -268,8 +271,6 @@ def test_unknown_model_is_openai_404(gw):
 @pytest.mark.parametrize(
     ("extra", "where"),
     [
-        ({"temperature": 5}, "temperature"),
-        ({"n": 2}, "n"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
     ],

@@ -57,7 +57,7 @@ def ended(events: list[httpx_sse.ServerSentEvent]) -> tuple[str, dict[str, Any]]
     assert [e.id for e in events] == [str(i) for i in range(1, len(events) + 1)]
     data = json.loads(events[-1].data)
     if kinds[-1] == "error":
-        assert set(data) <= {"code", "message", "retryable", "retry_after"}, data
+        assert set(data) <= {"code", "message", "retryable", "retry_after", "upstream"}, data
         assert isinstance(data["message"], str) and data["message"]
         assert data["retryable"] is RETRYABLE[data["code"]], data
     return kinds[-1], data

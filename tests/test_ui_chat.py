@@ -65,7 +65,7 @@ def test_the_stream_is_the_sdks_protocol_exactly(client, url):
 def test_an_upstream_failure_is_one_error_chunk_with_the_gateways_text(client, url):
     with client.stream("POST", f"{url}/v1/ui/chat", json=body("x [[sim status=500]]")) as response:
         got = chunks(data_lines(response))
-    assert got[-1] == {"type": "error", "errorText": "The upstream answered HTTP 500."}
+    assert got[-1] == {"type": "error", "errorText": "simulated HTTP 500"}
     assert [c["type"] for c in got] == ["start", "start-step", "error"]
 
 

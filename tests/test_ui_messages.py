@@ -194,11 +194,14 @@ def test_the_request_to_relay_carries_the_body_fields_and_the_limits():
         chat_request(body, LimitSettings(max_message_chars=1))
 
 
-def test_what_chat_request_cannot_hold_yet_is_a_clear_422():
-    # Until ChatRequest carries content parts and tool messages (issue 12).
+def test_files_reach_the_generation_as_content_parts():
     image = {"type": "file", "mediaType": "image/png", "url": "https://x.test/a.png"}
     body = UIChatRequest(id="c", messages=[ui("user", text("see"), image)])
-    with pytest.raises(
-        InvalidRequest, match="files, tool calls and tool results cannot be relayed"
-    ):
-        chat_request(body, LimitSettings())
+    (message,) = chat_request(body, LimitSettings()).messages
+    assert message.model_dump() == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "see"},
+            {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}},
+        ],
+    }

@@ -134,7 +134,6 @@ test("the stop endpoint ends the generation; the message keeps its text and the 
 
 test(
   "reasoning arrives as a reasoning part before the text",
-  { skip: "needs a simulator mode that streams reasoning deltas (issue 12)" },
   async () => {
     const { chat } = newChat();
     await chat.sendMessage({ text: "[[sim reasoning=1 tokens=4]]" });
@@ -146,7 +145,6 @@ test(
 
 test(
   "a tool call arrives as a tool part with its parsed input and finish reason tool-calls",
-  { skip: "needs the relay to store tool_call events and the simulator's tools=1 to reach them (issue 12)" },
   async () => {
     const { chat, finished } = newChat();
     await chat.sendMessage({ text: "[[sim echo=1 tools=1]]the input" });
