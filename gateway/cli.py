@@ -26,7 +26,7 @@ from gateway.config import (
     config_file,
     load_settings,
 )
-from gateway.server import uvicorn_options
+from gateway.server import GatewayConfig, run, uvicorn_options
 from gateway.simulator import Simulator
 
 __all__ = ["main"]
@@ -107,15 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info(_summary(config, args.config))
     for warning in _warnings(config):
         logger.warning(warning)
-    uvicorn.run(
-        create_app(config) if args.workers == 1 else _worker_factory(args.config, server),
-        factory=args.workers > 1,
-        workers=args.workers,
-        log_level=args.log_level,
-        log_config=log_config,  # applied in worker processes too
-        **uvicorn_options(config),
+    started = run(
+        GatewayConfig(
+            create_app(config) if args.workers == 1 else _worker_factory(args.config, server),
+            limits=config.server,
+            factory=args.workers > 1,
+            workers=args.workers,
+            log_level=args.log_level,
+            log_config=log_config,  # applied in worker processes too
+            **uvicorn_options(config),
+        )
     )
-    return 0
+    return 0 if started else 3  # uvicorn's own exit status for a failed start
 
 
 def _summary(config: Settings, config_path: str | None) -> str:

@@ -4,7 +4,7 @@ uvicorn closes an idle keep-alive connection (`timeout_keep_alive`) but puts no
 time limit on a request that arrives slowly, nor any size limit on its head
 with its default parser (httptools): a client trickling a header line, or a
 body, or opening a socket and sending nothing, holds a connection and a file
-descriptor for ever. `protocol(server)` is uvicorn's httptools protocol with
+descriptor for ever. `GuardedProtocol` is uvicorn's httptools protocol with
 three limits added where the request is read:
 
 - the head (request line and headers) must arrive within `server.header_timeout`
@@ -15,7 +15,9 @@ three limits added where the request is read:
 - a head larger than `server.max_header_bytes` gets 431 and the connection is closed.
 
 These answers are written below the application, in plain text like uvicorn's
-own 400 and 503, and each closed connection is logged with its peer.
+own 400 and 503, and each closed connection is logged with its peer. The
+limits travel on the uvicorn `Config` (`GatewayConfig`), which `--workers`
+hands to each worker process.
 """
 
 from __future__ import annotations
@@ -23,30 +25,50 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, ClassVar
+from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+from uvicorn.supervisors import Multiprocess
 
 from gateway.config import ServerSettings, Settings
 
-__all__ = ["GuardedProtocol", "protocol", "uvicorn_options"]
+__all__ = ["GatewayConfig", "GuardedProtocol", "run", "uvicorn_options"]
 
 logger = logging.getLogger("gateway.server")
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
+class GatewayConfig(uvicorn.Config):
+    """uvicorn's `Config`, carrying the connection limits of `server` to the protocol."""
+
+    def __init__(self, app: Any, *, limits: ServerSettings, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.limits = limits
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with time limits on reading a request and a size
-    limit on its head; `protocol(server)` makes one with the configured limits."""
-
-    header_timeout: ClassVar[float] = 10.0
-    body_timeout: ClassVar[float] = 30.0
-    max_header_bytes: ClassVar[int] = 32_768
+    limit on its head, from a `GatewayConfig` (defaults otherwise)."""
 
     _deadline: asyncio.TimerHandle | None = None
     _reading_head = True
     _head_bytes = 0
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        limits = config.limits if isinstance(config, GatewayConfig) else ServerSettings()
+        self.header_timeout = limits.header_timeout
+        self.body_timeout = limits.body_timeout
+        self.max_header_bytes = limits.max_header_bytes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -129,23 +151,13 @@ class GuardedProtocol(HttpToolsProtocol):
         logger.info("connection closed: %s", message, extra={"peer": peer})
 
 
-def protocol(server: ServerSettings) -> type[GuardedProtocol]:
-    """`GuardedProtocol` with the limits of `server`."""
-    limits = {
-        "header_timeout": server.header_timeout,
-        "body_timeout": server.body_timeout,
-        "max_header_bytes": server.max_header_bytes,
-    }
-    return type("GuardedProtocol", (GuardedProtocol,), limits)
-
-
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments of `uvicorn.run` / `uvicorn.Config` for `settings`."""
     server = settings.server
     return {
         "host": server.host,
         "port": server.port,
-        "http": protocol(server),
+        "http": GuardedProtocol,
         "ws": "none",
         "limit_concurrency": server.max_connections,
         "access_log": False,  # the gateway logs each request itself, with its request id
@@ -153,3 +165,14 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # Drain (ends streams at drain_timeout), then time to send their last event.
         "timeout_graceful_shutdown": math.ceil(server.drain_timeout) + 3,
     }
+
+
+def run(config: GatewayConfig) -> bool:
+    """Serve, in this process or in `config.workers` worker processes (as `uvicorn.run`
+    does, for a `Config` of our own); `False` when the one server could not start."""
+    if config.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return True
+    server = uvicorn.Server(config)
+    server.run()
+    return server.started

@@ -170,3 +170,53 @@ def test_admission_holds_under_a_burst(serve: Callable[..., TestClient]) -> None
     assert {r.status_code for r in statuses} == {201, 503}
     for stream_id in admitted:
         assert client.delete(f"/v1/streams/{stream_id}").status_code == 204
+
+
+class FailingStartStore(FaultyStore):
+    """Opens, then fails while the app is still starting (its counters cannot be had)."""
+
+    closed = False
+
+    def counters(self) -> Any:
+        raise RuntimeError("no counters today")
+
+    async def close(self) -> None:
+        self.closed = True
+        await super().close()
+
+
+def test_a_failed_start_closes_what_it_had_opened() -> None:
+    """Before: clients were opened outside the lifespan's `try`, so a failure while
+    starting left them open."""
+    config = settings()
+    store = FailingStartStore(config, lambda *_: False)
+    app = create_app(config, store=store, router=ScriptedRouter())  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="no counters today"), TestClient(app):
+        pass
+    assert store.closed
+
+
+class CrashingStore(FaultyStore):
+    """Background work that fails once, as a bug in lease renewal would."""
+
+    runs = 0
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            raise RuntimeError("renewal bug")
+        await anyio.sleep_forever()
+
+
+def test_failed_background_work_is_restarted() -> None:
+    """Before: the Redis store's maintenance task ran outside any task group and a
+    failure stopped lease renewal silently."""
+    config = settings()
+    store = CrashingStore(config, lambda *_: False)
+    app = create_app(config, store=store, router=ScriptedRouter())  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 5
+        while store.runs < 2:
+            assert time.monotonic() < deadline, "the background work was not restarted"
+            time.sleep(0.02)
+        assert events(client, create(client, "still working"))[-1][1] == "done"

@@ -147,7 +147,7 @@ def test_message_length_limit(client, gateway, simulator):
     assert response.json() == {
         "error": {
             "code": "invalid_request",
-            "message": "messages.0.content: at most 50 characters.",
+            "message": "messages.0: at most 50 characters of text.",
         }
     }
     assert simulator.sim.find(word) == []
