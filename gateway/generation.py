@@ -166,6 +166,7 @@ class Generation:
         extra: dict[str, Any] = {
             "outcome": name,
             **self._log,
+            "upstream": outcome.upstream if isinstance(outcome, Finish) else None,
             "usage": meter.usage(outcome.usage if isinstance(outcome, Finish) else None),
             "duration": round(meter.duration, 6),
             "tokens": meter.tokens,

@@ -11,6 +11,7 @@ once a token was handed on, a failure is the answer. Every upstream is one
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -103,7 +104,7 @@ class Router:
                 await anyio.sleep(min(_BACKOFF_BASE * 2**index, _BACKOFF_MAX))
             else:
                 self._served(name, upstream, index, "done")
-                return finish
+                return dataclasses.replace(finish, upstream=upstream.name)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _served(self, model: str, upstream: Upstream | None, index: int, outcome: str) -> None:

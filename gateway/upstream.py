@@ -99,6 +99,8 @@ class Finish:
     usage: dict[str, Any] | None
     #: The answer's tool calls, assembled: `{"id", "name", "arguments"}` each.
     tool_calls: tuple[dict[str, Any], ...] = ()
+    #: The label of the upstream that answered (set by the router).
+    upstream: str | None = None
 
 
 DeltaKind = Literal["token", "reasoning", "tool_call"]

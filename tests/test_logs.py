@@ -106,6 +106,10 @@ def test_request_id_reaches_response_upstream_and_every_log_line(simulator, tmp_
     finished = next(line for line in of_stream if line["event"] == "stream finished")
     assert finished["outcome"] == "done" and finished["tokens"] == 4
     assert finished["duration"] > 0 and finished["ttft"] > 0
+    # Spend is attributable: who asked, which model and upstream, what it cost.
+    assert finished["caller"].startswith("address:") and finished.get("model") is None
+    assert finished["upstream"] == "simulator"
+    assert finished["usage"]["completion"] == 4 and finished["usage"]["prompt"] > 0
     upstream = next(line for line in of_stream if line["event"] == "upstream request finished")
     assert upstream["status"] == "200" and upstream["outcome"] == "done"
     assert upstream["upstream_latency"] > 0
