@@ -108,7 +108,7 @@ def test_request_id_reaches_response_upstream_and_every_log_line(simulator, tmp_
     assert finished["duration"] > 0 and finished["ttft"] > 0
     # Spend is attributable: who asked, which model and upstream, what it cost.
     assert finished["caller"].startswith("address:") and finished.get("model") is None
-    assert finished["upstream"] == "simulator"
+    assert finished["upstream"] == simulator.url.removeprefix("http://")  # host:port
     assert finished["usage"]["completion"] == 4 and finished["usage"]["prompt"] > 0
     upstream = next(line for line in of_stream if line["event"] == "upstream request finished")
     assert upstream["status"] == "200" and upstream["outcome"] == "done"
