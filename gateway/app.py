@@ -34,7 +34,7 @@ from gateway.relay import Relay
 from gateway.routes import Gateway, routes
 from gateway.routing import Router
 from gateway.simulator import Simulator, simulator_key
-from gateway.store import StreamStore, create_store
+from gateway.stores import StreamStore, create_store
 from gateway.ui_chat import routes as ui_chat_routes
 from gateway.web import DEFAULT_DIRECTORY, WebMount
 

@@ -37,7 +37,7 @@ from gateway.errors import (
 )
 from gateway.limits import Slot
 from gateway.metrics import StreamMeter
-from gateway.store import StreamStore
+from gateway.stores import StreamStore
 from gateway.upstream import Delta, Finish, OnDelta
 
 __all__ = ["Answer", "Generation", "Outcome"]

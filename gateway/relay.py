@@ -27,7 +27,7 @@ from gateway.limits import Slot
 from gateway.metrics import Metrics, StreamMeter
 from gateway.payloads import ChatRequest
 from gateway.routing import Router
-from gateway.store import StreamStore
+from gateway.stores import StreamStore
 
 __all__ = ["Relay"]
 

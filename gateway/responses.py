@@ -23,7 +23,7 @@ from gateway.config import Settings
 from gateway.errors import GatewayError, StoreUnavailable, error_response, from_event_data
 from gateway.events import HEARTBEAT, frame, retry
 from gateway.metrics import Metrics
-from gateway.store import StoredEvent, StreamStore
+from gateway.stores import StoredEvent, StreamStore
 
 __all__ = ["Encoder", "StreamResponse", "send_within", "sse_error_response"]
 

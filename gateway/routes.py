@@ -23,7 +23,7 @@ from gateway.payloads import ChatRequest, LegacyRequest, read_payload
 from gateway.relay import Relay
 from gateway.responses import StreamResponse, sse_error_response
 from gateway.routing import Router
-from gateway.store import StreamStore
+from gateway.stores import StreamStore
 
 __all__ = ["Gateway", "gateway_of", "routes", "start_generation"]
 

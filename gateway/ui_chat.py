@@ -31,7 +31,7 @@ from gateway.errors import GatewayError
 from gateway.payloads import ChatMessage, ChatRequest, check_limits, read_payload
 from gateway.responses import StreamResponse
 from gateway.routes import Gateway, gateway_of, start_generation
-from gateway.store import StoredEvent, StreamStore
+from gateway.stores import StoredEvent, StreamStore
 from gateway.ui_messages import UIChatRequest, chat_messages
 from gateway.ui_stream import DONE, UIMessageStream, encode
 

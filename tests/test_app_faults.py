@@ -21,9 +21,9 @@ from starlette.testclient import TestClient
 from gateway import create_app
 from gateway.config import Settings, load_settings
 from gateway.errors import StoreUnavailable
-from gateway.memory import MemoryStore
 from gateway.payloads import ChatRequest
-from gateway.store import StoredEvent
+from gateway.stores import StoredEvent
+from gateway.stores.memory import MemoryStore
 from gateway.upstream import Delta, Finish, OnChunk, OnDelta
 
 EXIT_WATCHDOG = 10.0  # drain_timeout is 0.5 s: far less is expected

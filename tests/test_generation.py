@@ -20,9 +20,9 @@ from gateway.config import Settings, load_settings
 from gateway.errors import StoreUnavailable, UpstreamTimeout
 from gateway.generation import Generation
 from gateway.limits import Slot
-from gateway.memory import MemoryStore
 from gateway.metrics import Metrics
-from gateway.store import StoredEvent
+from gateway.stores import StoredEvent
+from gateway.stores.memory import MemoryStore
 from gateway.upstream import Delta, Finish, OnDelta
 
 pytestmark = pytest.mark.anyio

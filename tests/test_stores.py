@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from gateway.config import Settings, load_settings
 from gateway.errors import GenerationLost, NotFound, ResumeUnavailable
-from gateway.store import StreamStore, create_store
+from gateway.stores import StreamStore, create_store
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -206,13 +206,13 @@ async def test_redis_lost_generation_ends_with_an_id(redis_server: RedisServer) 
 
 
 def _append_script() -> str:
-    from gateway import redis_store
+    from gateway.stores import redis as redis_store
 
     script: str = redis_store._APPEND
     return script
 
 
 def _info(first: int, last: int, finished: bool) -> Any:
-    from gateway.store import StreamInfo
+    from gateway.stores import StreamInfo
 
     return StreamInfo(first, last, finished)

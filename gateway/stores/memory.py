@@ -12,7 +12,7 @@ import anyio
 
 from gateway.config import Settings
 from gateway.errors import NotFound, ResumeUnavailable
-from gateway.store import StoredEvent, StreamInfo
+from gateway.stores import StoredEvent, StreamInfo
 
 __all__ = ["MemoryCounters", "MemoryStore"]
 

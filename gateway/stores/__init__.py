@@ -124,8 +124,8 @@ class StreamStore(Protocol):
 
 
 STORES: dict[str, str] = {
-    "memory": "gateway.memory:MemoryStore",
-    "redis": "gateway.redis_store:RedisStore",
+    "memory": "gateway.stores.memory:MemoryStore",
+    "redis": "gateway.stores.redis:RedisStore",
 }
 
 

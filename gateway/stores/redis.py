@@ -45,11 +45,11 @@ from redis.exceptions import RedisError
 
 from gateway.config import Settings
 from gateway.errors import GenerationLost, NotFound, ResumeUnavailable, StoreUnavailable
-from gateway.store import TERMINAL_EVENTS, StoredEvent, StreamInfo
+from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo
 
 __all__ = ["RedisCounters", "RedisStore"]
 
-logger = logging.getLogger("gateway.redis_store")
+logger = logging.getLogger("gateway.stores.redis")
 
 CHANNEL = "sse:signals"
 #: How long one Redis call may take before Redis counts as unavailable.
