@@ -91,6 +91,23 @@ def scripted(
     return answer
 
 
+async def new_generation(
+    store: ScriptedStore,
+    answer: Callable[[OnDelta], Awaitable[Finish]],
+    *,
+    coalesce: float = 0.0,
+    grace: float = 60.0,
+) -> tuple[Generation, CountingSlot]:
+    """A generation of the stream "s" (created here) that has not started yet."""
+    await store.create("s")
+    slot = CountingSlot()
+    meter = Metrics(settings().metrics).stream_started()
+    generation = Generation(
+        "s", answer, store, meter=meter, slot=slot, disconnect_grace=grace, coalesce=coalesce
+    )
+    return generation, slot
+
+
 async def generate(
     store: ScriptedStore,
     answer: Callable[[OnDelta], Awaitable[Finish]],
@@ -99,17 +116,7 @@ async def generate(
     grace: float = 60.0,
 ) -> tuple[list[StoredEvent], CountingSlot, str]:
     """Run one generation to its end; returns the stored events, the slot and the outcome."""
-    await store.create("s")
-    slot = CountingSlot()
-    generation = Generation(
-        "s",
-        answer,
-        store,
-        meter=Metrics(settings().metrics).stream_started(),
-        slot=slot,
-        disconnect_grace=grace,
-        coalesce=coalesce,
-    )
+    generation, slot = await new_generation(store, answer, coalesce=coalesce, grace=grace)
     with anyio.fail_after(WATCHDOG):
         async with store.attach("s"):
             outcome = await generation.run()
@@ -227,16 +234,7 @@ async def test_cancel_wins_and_closes_the_upstream() -> None:
 
 async def test_no_reader_for_the_grace_ends_client_gone() -> None:
     store = ScriptedStore()
-    await store.create("s")
-    slot = CountingSlot()
-    generation = Generation(
-        "s",
-        scripted(gap=10),
-        store,
-        meter=Metrics(settings().metrics).stream_started(),
-        slot=slot,
-        disconnect_grace=0.01,
-    )
+    generation, slot = await new_generation(store, scripted(gap=10), grace=0.01)
     with anyio.fail_after(WATCHDOG):
         outcome = await generation.run()  # nobody ever attaches
     assert generation.outcome_name(outcome) == "client_gone"
@@ -250,17 +248,7 @@ async def test_cancelled_at_any_point_ends_with_shutdown(steps: int, coalesce: f
     """Drain cuts a generation after `steps` scheduler turns: whatever it was doing,
     the stream ends with exactly one terminal event and the slot comes back."""
     store = ScriptedStore()
-    await store.create("s")
-    slot = CountingSlot()
-    generation = Generation(
-        "s",
-        scripted(gap=0.001),
-        store,
-        meter=Metrics(settings().metrics).stream_started(),
-        slot=slot,
-        disconnect_grace=60,
-        coalesce=coalesce,
-    )
+    generation, slot = await new_generation(store, scripted(gap=0.001), coalesce=coalesce)
     with anyio.fail_after(WATCHDOG):
         async with store.attach("s"), anyio.create_task_group() as group:
             group.start_soon(generation.run)
