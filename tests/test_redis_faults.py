@@ -32,6 +32,10 @@ LEASE_TTL = 1.0
 SOCKET_TIMEOUT = LEASE_TTL / 2 + 5
 #: Long enough that calls made at its start time out; the retry lands after it.
 STALL = SOCKET_TIMEOUT + 2
+#: The longest one Redis call blocks in a stall before it fails (redis-py 8.1,
+#: `Retry(retries=1)`): on a new connection, the handshake and the command are
+#: each sent twice, and each waits up to a socket timeout.
+CALL_FAILS_AFTER = 4 * SOCKET_TIMEOUT
 #: `streams.store_outage` where a test wants readers and generations to give up soon.
 OUTAGE = 3.0
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -105,9 +109,9 @@ async def read_into(
     return events
 
 
-async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float) -> None:
+async def until(what: str, condition: Callable[[], bool | Awaitable[bool]], timeout: float) -> None:
     """Poll `condition` every 50 ms; fail the test after `timeout` seconds."""
-    with anyio.fail_after(timeout):
+    with anyio.move_on_after(timeout):
         while True:
             result = condition()
             if not isinstance(result, bool):
@@ -115,6 +119,7 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float)
             if result:
                 return
             await anyio.sleep(0.05)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
 
 
 def assert_tokens(events: Events, after: int = 0) -> None:
@@ -180,7 +185,7 @@ def test_a_redis_stall_ends_every_reader_with_one_identified_terminal_event(
             with anyio.fail_after(STALL + 30):
                 async with anyio.create_task_group() as readers:
                     readers.start_soon(read_into, first, client, events_url)
-                    await until(lambda: len(first) >= 10, 10)
+                    await until("10 events", lambda: len(first) >= 10, 10)
                     with paused(own_redis):
                         await anyio.sleep(STALL)
                     # A second reader resumes from where the first one was at the stall.
@@ -192,7 +197,7 @@ def test_a_redis_stall_ends_every_reader_with_one_identified_terminal_event(
             ]
             assert await resume_status(client, events_url, first[-1].id) == 204
             # The gateway serves on: ready again, and a new stream ends `done`.
-            await until(lambda: ready(client, server.url), 10)
+            await until("/readyz 200", lambda: ready(client, server.url), 10)
             content2, text2 = echo(5, 0)
             after = await read_into([], client, await create(client, server.url, content2))
             assert assert_whole(after).event == "done"
@@ -218,7 +223,7 @@ def test_a_redis_restart_ends_readers_and_the_first_create_after_it_succeeds(
             with anyio.fail_after(OUTAGE + 20):
                 async with anyio.create_task_group() as readers:
                     readers.start_soon(read_into, events, client, events_url)
-                    await until(lambda: len(events) >= 10, 10)
+                    await until("10 events", lambda: len(events) >= 10, 10)
                     await anyio.to_thread.run_sync(own_redis.stop)
                     await anyio.to_thread.run_sync(own_redis.start)
             # The events after the restart are lost: the tokens up to it, in order,
@@ -230,7 +235,7 @@ def test_a_redis_restart_ends_readers_and_the_first_create_after_it_succeeds(
             # A browser reconnects with the last id it has and must be told to stop:
             # 204 if the end was stored again, 404 if the stream went with the data.
             assert await resume_status(client, events_url, terminal.id) in (204, 404)
-            await until(lambda: ready(client, server.url), 10)
+            await until("/readyz 200", lambda: ready(client, server.url), 10)
             # The first create once ready, not a retry of it, must succeed.
             content2, text2 = echo(5, 0)
             after = await read_into([], client, await create(client, server.url, content2))
@@ -266,10 +271,13 @@ def test_a_killed_generating_instance_ends_the_stream_as_lost_with_an_id(
                 events: Events = []
                 async with anyio.create_task_group() as readers:
                     readers.start_soon(read_into, events, client, events_url)
-                    await until(lambda: len(events) >= 3, 10)
+                    await until("3 events", lambda: len(events) >= 3, 10)
                     generating.signal(signal.SIGKILL)
-                    with anyio.fail_after(4 * LEASE_TTL + 5):  # a few lease periods
-                        await until(lambda: bool(events) and events[-1].event != "token", 60)
+                    await until(
+                        "the end of the stream",
+                        lambda: events[-1].event != "token",
+                        4 * LEASE_TTL + 5,  # a few lease periods
+                    )
                 terminal = assert_whole(events)
                 assert (terminal.event, code_of(terminal)) == ("error", "generation_lost")
                 assert text.startswith(text_of(events))
@@ -325,7 +333,7 @@ async def create_again(client: httpx.AsyncClient, url: str, content: str) -> Non
             created.append(response)
         return len(created) == LIMIT
 
-    await until(one_more, 10)
+    await until(f"{LIMIT} creates", one_more, 10)
     await end_all(client, url, created)
 
 
@@ -384,48 +392,72 @@ def test_streams_per_identity_hold_across_two_instances_under_a_burst(
 # -- 5. a slot held through a stall --------------------------------------------------
 
 
+def slot_comes_back(
+    server: GatewayServer, redis: RedisServer, content: str, stall: float
+) -> Events:
+    """Pause Redis for `stall` seconds once the stream (the caller's only slot) is
+    under way; after SIGCONT a create for the same caller must succeed within a
+    few seconds. Returns the first stream's events, checked whole."""
+
+    async def scenario() -> Events:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            events_url = await create(client, server.url, content)
+            events: Events = []
+            next_url: list[str] = []
+            content2, text2 = echo(3, 0)
+
+            async def create_next() -> bool:
+                response = await client.post(f"{server.url}/v1/streams", json=body(content2))
+                if response.status_code == 201:
+                    next_url.append(f"{server.url}{response.json()['events_url']}")
+                    return True
+                assert response.status_code == 429, response.text
+                return False
+
+            with anyio.fail_after(stall + 30):
+                async with anyio.create_task_group() as readers:
+                    readers.start_soon(read_into, events, client, events_url)
+                    await until("3 events", lambda: len(events) >= 3, 10)
+                    with paused(redis):
+                        await anyio.sleep(stall)
+                    await until("a create for the same caller", create_next, 5)
+            assert_whole(events)
+            assert await resume_status(client, events_url, events[-1].id) == 204
+            with anyio.fail_after(10):
+                after = await read_into([], client, next_url[0])
+            assert assert_whole(after).event == "done"
+            assert text_of(after) == text2
+            return events
+
+    return anyio.run(scenario)
+
+
 def test_a_stream_ending_during_a_redis_stall_gives_its_slot_back(
     gateway: StartGateway, own_redis: RedisServer
 ) -> None:
     """The answer ends upstream while its deltas wait (coalesced) for the paused store.
 
     Before: the failed flush skipped the slot's release, which then stayed held
-    until it expired (`upstream.timeouts.total` + 60 s).
+    until it expired (`upstream.timeouts.total` + 60 s), and the stream had no end.
     """
     overrides = on_redis(own_redis)
     overrides["sse"]["coalesce_ms"] = 50
     server = gateway(**overrides, limits={"concurrent_streams_per_identity": 1})
     content, text = echo(40, 50)  # 2 s: the upstream is done well within the stall
+    events = slot_comes_back(server, own_redis, content, STALL)
+    assert events[-1].event == "done"
+    assert text_of(events) == text
 
-    async def scenario() -> None:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            events_url = await create(client, server.url, content)
-            events: Events = []
-            with anyio.fail_after(STALL + 30):
-                async with anyio.create_task_group() as readers:
-                    readers.start_soon(read_into, events, client, events_url)
-                    await until(lambda: len(events) >= 3, 10)
-                    with paused(own_redis):
-                        await anyio.sleep(STALL)
-                    content2, text2 = echo(3, 0)
-                    created: list[str] = []
 
-                    async def create_next() -> bool:
-                        response = await client.post(
-                            f"{server.url}/v1/streams", json=body(content2)
-                        )
-                        if response.status_code == 201:
-                            created.append(f"{server.url}{response.json()['events_url']}")
-                            return True
-                        assert response.status_code == 429, response.text
-                        return False
-
-                    await until(create_next, 5)
-            check_answer(events, text)
-            assert await resume_status(client, events_url, events[-1].id) == 204
-            with anyio.fail_after(10):
-                after = await read_into([], client, created[0])
-            assert assert_whole(after).event == "done"
-            assert text_of(after) == text2
-
-    anyio.run(scenario)
+def test_a_slot_release_that_fails_in_a_stall_is_retried_after_it(
+    gateway: StartGateway, own_redis: RedisServer
+) -> None:
+    """The generation ends (upstream idle for 1 s) early in a stall long enough for
+    its slot's release to fail; the release is retried once Redis is back, not
+    left to expire."""
+    overrides = on_redis(own_redis)
+    overrides["upstream"]["timeouts"]["idle"] = 1
+    server = gateway(**overrides, limits={"concurrent_streams_per_identity": 1})
+    content = f"{marker()} [[sim tokens=50 fault=stall after=3]]"
+    events = slot_comes_back(server, own_redis, content, 1 + CALL_FAILS_AFTER + 3)
+    assert (events[-1].event, code_of(events[-1])) == ("error", "upstream_timeout")
