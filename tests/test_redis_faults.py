@@ -133,6 +133,7 @@ def assert_tokens(events: Events, after: int = 0) -> None:
 def assert_whole(events: Events, after: int = 0) -> httpx_sse.ServerSentEvent:
     """Tokens from id `after`+1 on, then exactly one terminal event with an id of
     its own (httpx-sse repeats the previous id for an event without one)."""
+    assert events, "no events"
     *tokens, terminal = events
     assert_tokens(tokens, after)
     assert terminal.event in ("done", "error"), terminal
@@ -150,8 +151,10 @@ def code_of(event: httpx_sse.ServerSentEvent) -> str:
 
 
 async def resume_status(client: httpx.AsyncClient, events_url: str, last_id: str) -> int:
-    response = await client.get(events_url, headers={"Last-Event-ID": last_id})
-    return response.status_code
+    """The status of a resume from `last_id` (its body, if any, is not read)."""
+    headers = {"Last-Event-ID": last_id}
+    async with client.stream("GET", events_url, headers=headers) as response:
+        return response.status_code
 
 
 async def ready(client: httpx.AsyncClient, url: str) -> bool:
@@ -188,7 +191,7 @@ def test_a_redis_stall_ends_every_reader_with_one_identified_terminal_event(
                     await until("10 events", lambda: len(first) >= 10, 10)
                     with paused(own_redis):
                         await anyio.sleep(STALL)
-                    # A second reader resumes from where the first one was at the stall.
+                    # A second reader comes after the stall, resuming from before it.
                     cut = int(first[9].id)
                     second = await read_into([], client, events_url, str(cut))
             check_answer(first, text)
@@ -199,7 +202,8 @@ def test_a_redis_stall_ends_every_reader_with_one_identified_terminal_event(
             # The gateway serves on: ready again, and a new stream ends `done`.
             await until("/readyz 200", lambda: ready(client, server.url), 10)
             content2, text2 = echo(5, 0)
-            after = await read_into([], client, await create(client, server.url, content2))
+            with anyio.fail_after(10):
+                after = await read_into([], client, await create(client, server.url, content2))
             assert assert_whole(after).event == "done"
             assert text_of(after) == text2
 
@@ -209,11 +213,25 @@ def test_a_redis_stall_ends_every_reader_with_one_identified_terminal_event(
 # -- 2. a restart that loses every key -----------------------------------------------
 
 
+#: Limits on, so that a create also goes through the limit counters.
+SOME_LIMITS = {"requests_per_minute": 1000, "concurrent_streams_per_identity": 10}
+
+
+async def first_create_works(client: httpx.AsyncClient, url: str) -> None:
+    """Once /readyz says ready, the first create (not a retry of it) succeeds and
+    its stream ends `done`."""
+    await until("/readyz 200", lambda: ready(client, url), 10)
+    content, text = echo(5, 0)
+    with anyio.fail_after(10):
+        events = await read_into([], client, await create(client, url, content))
+    assert assert_whole(events).event == "done"
+    assert text_of(events) == text
+
+
 def test_a_redis_restart_ends_readers_and_the_first_create_after_it_succeeds(
     gateway: StartGateway, own_redis: RedisServer
 ) -> None:
-    limits = {"requests_per_minute": 1000, "concurrent_streams_per_identity": 10}
-    server = gateway(**on_redis(own_redis, store_outage=OUTAGE), limits=limits)
+    server = gateway(**on_redis(own_redis, store_outage=OUTAGE), limits=SOME_LIMITS)
     content, text = echo(100, 50)
 
     async def scenario() -> None:
@@ -226,8 +244,9 @@ def test_a_redis_restart_ends_readers_and_the_first_create_after_it_succeeds(
                     await until("10 events", lambda: len(events) >= 10, 10)
                     await anyio.to_thread.run_sync(own_redis.stop)
                     await anyio.to_thread.run_sync(own_redis.start)
-            # The events after the restart are lost: the tokens up to it, in order,
-            # then one error (with no id of its own when the reader had to make it up).
+            # What came after the restart is lost: the tokens before it, in order, then
+            # one error, which the reader makes up (nothing is stored any more), so it
+            # may have no id of its own.
             *tokens, terminal = events
             assert_tokens(tokens)
             assert terminal.event == "error", terminal
@@ -235,12 +254,30 @@ def test_a_redis_restart_ends_readers_and_the_first_create_after_it_succeeds(
             # A browser reconnects with the last id it has and must be told to stop:
             # 204 if the end was stored again, 404 if the stream went with the data.
             assert await resume_status(client, events_url, terminal.id) in (204, 404)
-            await until("/readyz 200", lambda: ready(client, server.url), 10)
-            # The first create once ready, not a retry of it, must succeed.
-            content2, text2 = echo(5, 0)
-            after = await read_into([], client, await create(client, server.url, content2))
-            assert assert_whole(after).event == "done"
-            assert text_of(after) == text2
+            await first_create_works(client, server.url)
+
+    anyio.run(scenario)
+
+
+def test_the_first_create_after_a_redis_restart_succeeds(
+    gateway: StartGateway, own_redis: RedisServer
+) -> None:
+    """Nothing runs across the restart, so every pooled connection is left dead.
+
+    Before: /readyz (the store's connections) said ready while the limit
+    counters' own connections were still dead: the first create got 503.
+    """
+    server = gateway(**on_redis(own_redis), limits=SOME_LIMITS)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            content, text = echo(3, 0)
+            with anyio.fail_after(10):
+                events = await read_into([], client, await create(client, server.url, content))
+            assert text_of(events) == text
+            await anyio.to_thread.run_sync(own_redis.stop)
+            await anyio.to_thread.run_sync(own_redis.start)
+            await first_create_works(client, server.url)
 
     anyio.run(scenario)
 
@@ -269,15 +306,16 @@ def test_a_killed_generating_instance_ends_the_stream_as_lost_with_an_id(
                 events_url = await create(client, generating.url, content)
                 events_url = reading.url + events_url.removeprefix(generating.url)
                 events: Events = []
-                async with anyio.create_task_group() as readers:
-                    readers.start_soon(read_into, events, client, events_url)
-                    await until("3 events", lambda: len(events) >= 3, 10)
-                    generating.signal(signal.SIGKILL)
-                    await until(
-                        "the end of the stream",
-                        lambda: events[-1].event != "token",
-                        4 * LEASE_TTL + 5,  # a few lease periods
-                    )
+                with anyio.fail_after(30):
+                    async with anyio.create_task_group() as readers:
+                        readers.start_soon(read_into, events, client, events_url)
+                        await until("3 events", lambda: len(events) >= 3, 10)
+                        generating.signal(signal.SIGKILL)
+                        await until(
+                            "the end of the stream",
+                            lambda: events[-1].event != "token",
+                            4 * LEASE_TTL + 5,  # a few lease periods
+                        )
                 terminal = assert_whole(events)
                 assert (terminal.event, code_of(terminal)) == ("error", "generation_lost")
                 assert text.startswith(text_of(events))
@@ -320,17 +358,21 @@ async def end_all(client: httpx.AsyncClient, url: str, created: list[httpx.Respo
         delete = await client.delete(events_url.removesuffix("/events"))
         assert delete.status_code == 204
         with anyio.fail_after(10):
-            assert assert_whole(await read_into([], client, events_url)).event == "error"
+            terminal = assert_whole(await read_into([], client, events_url))
+        assert (terminal.event, code_of(terminal)) == ("error", "cancelled")
 
 
-async def create_again(client: httpx.AsyncClient, url: str, content: str) -> None:
-    """`LIMIT` creates succeed once the slots are back (polled), then end them."""
+async def create_again(client: httpx.AsyncClient, url: str, content: str, refusal: int) -> None:
+    """`LIMIT` creates succeed once the slots are back (polled; until then they are
+    refused with status `refusal`), then end them."""
     created: list[httpx.Response] = []
 
     async def one_more() -> bool:
         response = await client.post(f"{url}/v1/streams", json=body(content))
         if response.status_code == 201:
             created.append(response)
+        else:
+            assert response.status_code == refusal, response.text
         return len(created) == LIMIT
 
     await until(f"{LIMIT} creates", one_more, 10)
@@ -362,7 +404,7 @@ def test_max_concurrent_streams_holds_under_a_burst_and_slots_come_back(
             assert len(created) == LIMIT
             assert refused(responses, 503) == ["over_capacity"] * (BURST - LIMIT)
             await end_all(client, server.url, created)
-            await create_again(client, server.url, content)
+            await create_again(client, server.url, content, 503)
 
     anyio.run(scenario)
 
@@ -370,6 +412,7 @@ def test_max_concurrent_streams_holds_under_a_burst_and_slots_come_back(
 def test_streams_per_identity_hold_across_two_instances_under_a_burst(
     gateway: StartGateway, own_redis: RedisServer
 ) -> None:
+    """One caller, two instances: both count in the same Redis set."""
     overrides = on_redis(own_redis)
     limits = {"concurrent_streams_per_identity": LIMIT}
     first, second = gateway(**overrides, limits=limits), gateway(**overrides, limits=limits)
@@ -384,7 +427,7 @@ def test_streams_per_identity_hold_across_two_instances_under_a_burst(
             assert refused(responses, 429) == ["too_many_streams"] * (BURST - LIMIT)
             # Any instance can cancel and read any stream: end them all through the first.
             await end_all(client, first.url, created)
-            await create_again(client, second.url, content)
+            await create_again(client, second.url, content, 429)
 
     anyio.run(scenario)
 
