@@ -250,6 +250,10 @@ def test_a_redis_restart_ends_readers_and_the_first_create_after_it_succeeds(
             *tokens, terminal = events
             assert_tokens(tokens)
             assert terminal.event == "error", terminal
+            # A code of docs/protocol.md's stream errors, and a new request may well work.
+            data = json.loads(terminal.data)
+            assert data["code"] in ("generation_lost", "store_unavailable"), data
+            assert data["retryable"] is True, data
             assert text.startswith(text_of(events))
             # A browser reconnects with the last id it has and must be told to stop:
             # 204 if the end was stored again, 404 if the stream went with the data.
