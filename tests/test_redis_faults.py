@@ -61,7 +61,7 @@ def on_redis(server: RedisServer, **streams: Any) -> dict[str, Any]:
         "streams": {"store": "redis", **streams},
         "redis": {"url": server.url, "lease_ttl": LEASE_TTL},
         "sse": {"heartbeat": 0.5},
-        # As in production (idle 30 s): a stalled store is not a stalled upstream.
+        # Production's idle limit (30 s): no stall here may pass for an idle upstream.
         "upstream": {"timeouts": {"idle": 30, "total": 60}},
     }
 
