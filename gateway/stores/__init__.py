@@ -97,7 +97,8 @@ class StreamStore(Protocol):
         """Events with ids above `after`, waiting up to `timeout` for the first one.
 
         Returns an empty batch on timeout. Raises `ResumeUnavailable` when events
-        just after `after` were dropped, `NotFound` when the stream is gone.
+        just after `after` were dropped, `NotFound` when there is no such stream, or
+        `GenerationLost` when a networked store lost it while it was being read.
         """
 
     def attach(self, stream_id: str) -> AbstractAsyncContextManager[None]:

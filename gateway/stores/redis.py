@@ -225,8 +225,8 @@ class RedisStore:
             if terminal:
                 del self._generations[stream_id]
         stored_id = int(stored)
-        if stored_id == -1:
-            raise NotFound("No such stream.")
+        if stored_id == -1:  # it was there when the generation began: the store lost it
+            raise GenerationLost("The store lost the stream (was Redis restarted?).")
         if stored_id == -2:
             raise GenerationLost("The stream was ended while the store was unreachable.")
         if stored_id == -3:
@@ -348,7 +348,8 @@ class RedisStore:
             raise NotFound("No such stream generated here.") from None
 
     async def _check_alive(self, stream_id: str) -> bool:
-        """After a read found nothing: `NotFound` if the stream expired. An unfinished
+        """After a read found nothing: `GenerationLost` if the stream is gone (Redis lost
+        it, or it expired unfinished). An unfinished
         stream whose lease stayed gone for half a lease is ended as lost (returns True).
 
         Half a lease: a generation that was only cut off from Redis renews its lease
@@ -358,9 +359,9 @@ class RedisStore:
             pipe.hget(_key(stream_id, "meta"), "finished")
             pipe.exists(_key(stream_id, "lease"))
             finished, leased = await pipe.execute()
-        if finished is None:
+        if finished is None:  # it was there when the read began: the store lost it
             self._unleased.pop(stream_id, None)
-            raise NotFound("No such stream.")
+            raise GenerationLost("The store lost the stream (was Redis restarted?).")
         if finished != "0" or leased:
             self._unleased.pop(stream_id, None)
             return False
