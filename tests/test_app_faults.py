@@ -220,3 +220,33 @@ def test_failed_background_work_is_restarted() -> None:
             assert time.monotonic() < deadline, "the background work was not restarted"
             time.sleep(0.02)
         assert events(client, create(client, "still working"))[-1][1] == "done"
+
+
+class CreateFailsStore(FaultyStore):
+    async def create(self, stream_id: str) -> None:
+        raise StoreUnavailable()
+
+
+def test_a_store_that_cannot_create_is_a_503_and_frees_everything() -> None:
+    config = settings(limits={"concurrent_streams_per_identity": 1})
+    store = CreateFailsStore(config, lambda *_: False)
+    app = create_app(config, store=store, router=ScriptedRouter())  # type: ignore[arg-type]
+    body = {"messages": [{"role": "user", "content": "a"}]}
+    with TestClient(app) as client:
+        for _ in range(2):  # the slot and the capacity count were given back
+            response = client.post("/v1/streams", json=body)
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "store_unavailable"
+        assert client.app.state.gateway.relay.active == 0  # type: ignore[attr-defined]
+
+
+def test_a_store_failing_mid_stream_ends_it_with_an_id_and_then_204(
+    serve: Callable[..., TestClient],
+) -> None:
+    client = serve(fails=lambda _id, event, data: event == "token" and "c" in data)
+    url = create(client, "a b c d e")
+    received = events(client, url)
+    assert [int(i) for i, _, _ in received] == list(range(1, len(received) + 1))
+    assert [name for _, name, _ in received] == ["token", "token", "error"]
+    assert received[-1][2]["code"] == "store_unavailable"
+    assert client.get(url, headers={"Last-Event-ID": received[-1][0]}).status_code == 204
