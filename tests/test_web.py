@@ -819,6 +819,30 @@ def test_reasoning_then_the_answer_then_tool_calls_all_as_text(tab: Tab) -> None
     # tab's teardown checks that no dialog opened.
 
 
+def test_reasoning_and_tool_calls_from_the_real_gateway(
+    gateway: StartGateway, simulator: SimServer, tab: Tab
+) -> None:
+    """The same page against a real gateway and the simulator's reasoning and tool modes."""
+    page = tab.page
+    page.goto(gateway().url)
+    send(page, f"{marker()} [[sim reasoning=4 tokens=4 delay_ms=20]]")
+    answer = wait_for_state(page, "done")
+    assert (answer.locator("details.thinking .text").text_content() or "").strip()
+    assert answer_text(page).strip()
+    order = answer.evaluate("el => [...el.children].map(c => c.className)")
+    assert order == ["thinking", "text", "meta"]
+
+    m = marker()
+    send(page, f"{m} [[sim reasoning=2 tools=1 echo=1]]look it up")
+    answer = wait_for_state(page, "done")
+    tool = answer.locator(".tool-call")
+    expect(tool).to_have_count(1)
+    expect(tool.locator("code")).to_have_text("answer")
+    arguments = json.loads(tool.locator(".tool-args").text_content() or "")
+    assert arguments == {"text": simulator.sim.find(m)[0].prompt}
+    expect(answer.locator(".meta")).to_contain_text("Finished: tool_calls")
+
+
 def test_a_tool_call_with_broken_json_arguments_is_shown_as_it_came(tab: Tab) -> None:
     page = tab.page
     with scripted_gateway() as (scripted, url):
