@@ -38,7 +38,8 @@ class AppState:
 
     @staticmethod
     def of(app: Starlette) -> AppState:
-        """The state of `app`, from its start until it is started again."""
+        """The state of `app`: there once its lifespan has opened everything (and kept
+        after shutdown, so tests can look at what it did)."""
         state: AppState = app.state.gateway
         return state
 
