@@ -10,7 +10,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -26,14 +25,15 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from gateway.auth import Authenticator, startup_warnings
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound, error_response
+from gateway.generations import Generations
 from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.middleware import RequestMiddleware
 from gateway.openai_api import routes as openai_routes
-from gateway.relay import Relay
-from gateway.routes import Gateway, routes
+from gateway.routes import routes
 from gateway.routing import Router
 from gateway.simulator import Simulator, simulator_key
+from gateway.state import AppState
 from gateway.stores import StreamStore, create_store
 from gateway.ui_chat import routes as ui_chat_routes
 from gateway.web import DEFAULT_DIRECTORY, WebMount
@@ -63,7 +63,7 @@ def create_app(
     given_store, given_router = store, router
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         for warning in startup_warnings(settings):
             logger.warning(warning)
         # Whatever fails while starting, what was opened before it is closed again.
@@ -82,13 +82,12 @@ def create_app(
             stack.callback(tasks.cancel_scope.cancel)
             tasks.start_soon(_supervised, "stream store", store.run)
             tasks.start_soon(_supervised, "slot releases", limits.run)
-            relay = Relay(settings, store, router, tasks, metrics)
-            gateway = Gateway(settings, store, relay, metrics, router, auth, limits)
-            app.state.gateway = gateway  # for operators' tools and tests
-            tasks.start_soon(_drain_on_exit, relay, settings.server.drain_timeout)
+            generations = Generations(settings, store, router, tasks, metrics)
+            AppState(settings, store, generations, metrics, router, auth, limits).publish(app)
+            tasks.start_soon(_drain_on_exit, generations, settings.server.drain_timeout)
             async with _metrics_listener(metrics, settings):
-                yield {"gateway": gateway}
-            await relay.drain(settings.server.drain_timeout)
+                yield
+            await generations.drain(settings.server.drain_timeout)
 
     app_routes = routes() + openai_routes() + ui_chat_routes()
     if settings.metrics.enabled and settings.metrics.port is None:
@@ -112,8 +111,7 @@ def create_app(
             Exception: _unexpected_error,
         },
     )
-    app.state.settings = settings
-    app.state.simulator = simulator
+    app.state.simulator = simulator  # tests read what it was asked
     return app
 
 
@@ -148,7 +146,7 @@ async def _supervised(name: str, work: Callable[[], Awaitable[None]]) -> None:
         await anyio.sleep(1)
 
 
-async def _drain_on_exit(relay: Relay, timeout: float) -> None:
+async def _drain_on_exit(relay: Generations, timeout: float) -> None:
     """On SIGTERM, drain at once, while uvicorn still serves the open streams.
 
     The lifespan's shutdown only runs once uvicorn has closed every connection,

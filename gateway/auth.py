@@ -30,13 +30,13 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from starlette.requests import Request
+from starlette.datastructures import Address, Headers
 
 from gateway.config import ConfigError, Settings
 from gateway.errors import Forbidden, Unauthorized
 from gateway.tokens import StreamTokens
 
-__all__ = ["Authenticator", "Identity", "authenticate", "hash_key", "startup_warnings"]
+__all__ = ["Authenticator", "Identity", "hash_key", "startup_warnings"]
 
 logger = logging.getLogger("gateway.auth")
 
@@ -70,16 +70,14 @@ class Authenticator:
     def enabled(self) -> bool:
         return self.mode != "none"
 
-    def identify(self, request: Request) -> Identity:
-        """The caller of `request`; `Unauthorized` when its credentials are missing or bad."""
+    def identify(self, headers: Headers, client: Address | None) -> Identity:
+        """The caller of a request with these `headers` from `client` (the address the
+        proxy middleware settled); `Unauthorized` when its credentials are missing or bad.
+
+        Call it first in every endpoint that starts generations (see `gateway.limits`)."""
         if self.mode == "none":
-            return Identity(f"address:{request.client.host if request.client else 'unknown'}")
-        credential = _credential(request)
-        if credential is None:
-            raise Unauthorized()
-        if self.mode == "api_key":
-            return self._api_key(credential)
-        return self._token(credential)
+            return Identity(f"address:{client.host if client else 'unknown'}")
+        return self._credentialed(headers)
 
     def new_stream_id(self, identity: Identity) -> str | None:
         """A stream id bound to `identity` when auth is on (else the relay picks one)."""
@@ -89,21 +87,29 @@ class Authenticator:
         url = f"/v1/streams/{stream_id}/events"
         return f"{url}?token={self.tokens.issue(stream_id)}" if self.enabled else url
 
-    def check_owner(self, request: Request, stream_id: str) -> None:
+    def check_owner(self, stream_id: str, headers: Headers) -> None:
         """Only the stream's creator may touch it (`DELETE`); open when auth is off."""
-        if self.enabled and not self.tokens.owns(stream_id, self.identify(request).name):
+        if self.enabled and not self.tokens.owns(stream_id, self._credentialed(headers).name):
             raise Forbidden("That stream belongs to another caller.")
 
-    def check_reader(self, request: Request, stream_id: str) -> None:
+    def check_reader(self, stream_id: str, headers: Headers, token: str | None) -> None:
         """Reading takes the events URL's `token`, or the creator's own credentials."""
         if not self.enabled:
             return
-        token = request.query_params.get("token")
         if token is None:
-            self.check_owner(request, stream_id)
+            self.check_owner(stream_id, headers)
         elif not self.tokens.valid(stream_id, token):
             logger.info("refused: stream token invalid or expired")
             raise Unauthorized(invalid=True)
+
+    def _credentialed(self, headers: Headers) -> Identity:
+        """The caller the credentials in `headers` name (auth is on)."""
+        credential = _credential(headers)
+        if credential is None:
+            raise Unauthorized()
+        if self.mode == "api_key":
+            return self._api_key(credential)
+        return self._token(credential)
 
     def _api_key(self, credential: str) -> Identity:
         digest = hash_key(credential).encode()
@@ -147,22 +153,14 @@ class Authenticator:
         return Identity(f"jwt:{subject}")
 
 
-async def authenticate(request: Request) -> Identity:
-    """The caller of `request`, by the gateway serving it; raises `Unauthorized` (401).
-
-    Call it first in every endpoint that starts generations (see `gateway.limits`)."""
-    authenticator: Authenticator = request.state.gateway.auth
-    return authenticator.identify(request)
-
-
-def _credential(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+def _credential(headers: Headers) -> str | None:
+    header = headers.get("authorization")
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthorized(invalid=True)
         return value.strip()
-    return request.headers.get("x-auth") or None
+    return headers.get("x-auth") or None
 
 
 def _jwt_keys(settings: Settings) -> dict[str | None, Any]:

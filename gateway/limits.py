@@ -16,11 +16,11 @@ against the same numbers. Each check is atomic (one Lua script in Redis).
 
 The public surface, for every endpoint that starts generations:
 
-    identity = await authenticate(request)        # gateway.auth
+    identity = auth.identify(request.headers, request.client)  # 401 (gateway.auth)
     await limits.check_rate(identity)             # 429 rate_limited
     chat = await read_payload(...)                # 4xx for bad input, model, max_tokens
     slot = await limits.acquire(identity)         # 429 too_many_streams
-    stream_id = await relay.start(chat, stream_id=None, slot=slot)  # freed at its end
+    stream_id = await generations.start(chat, stream_id=None, slot=slot)  # freed at its end
     return holding(slot, app)                     # or: an ASGI app that frees it when done
 """
 

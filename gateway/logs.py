@@ -122,7 +122,7 @@ class JsonFormatter(_Formatter):
 
 
 class ConsoleFormatter(_Formatter):
-    """`2025-01-01T12:00:00.000Z INFO gateway.relay: stream finished request_id=ab12 ...`."""
+    """`2025-01-01T12:00:00.000Z INFO gateway.generation: stream finished request_id=ab12 ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record.created)} {record.levelname} {record.name}: "

@@ -29,13 +29,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.auth import authenticate
 from gateway.chunks import Chunk, ToolCalls
 from gateway.errors import GatewayError, Shutdown, openai_event, openai_response
 from gateway.limits import holding
 from gateway.payloads import ChatMessage, read_payload
 from gateway.responses import send_within
-from gateway.routes import Gateway
+from gateway.state import AppState
 from gateway.upstream import Finish, OnChunk
 
 __all__ = ["CompletionRequest", "routes"]
@@ -70,9 +69,9 @@ class CompletionRequest(BaseModel):
 
 
 async def chat_completions(request: Request) -> Response | ASGIApp:
-    gateway: Gateway = request.state.gateway
+    gateway = AppState.of(request.app)
     try:
-        identity = await authenticate(request)
+        identity = gateway.auth.identify(request.headers, request.client)
         await gateway.limits.check_rate(identity)
         body = await read_payload(request, CompletionRequest, gateway.settings.limits)
         gateway.router.check(body.model)
@@ -84,9 +83,9 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
 
 
 async def models(request: Request) -> Response:
-    gateway: Gateway = request.state.gateway
+    gateway = AppState.of(request.app)
     try:
-        await authenticate(request)
+        gateway.auth.identify(request.headers, request.client)
     except GatewayError as exc:
         return openai_response(exc)
     data = [
@@ -107,7 +106,7 @@ class _Completion:
     """One answer, run in the request's own task: a race between the upstream
     (through the router) and the client leaving; `drain` can cut it too."""
 
-    def __init__(self, gateway: Gateway, body: CompletionRequest) -> None:
+    def __init__(self, gateway: AppState, body: CompletionRequest) -> None:
         self._gateway = gateway
         self._body = body
         self._started = False  # the response has begun
@@ -119,7 +118,7 @@ class _Completion:
         chunks: list[Chunk] = []
         outcome: Finish | GatewayError | None = Shutdown()  # unless the generation ends
         try:
-            with gateway.relay.generation() as meter:
+            with gateway.generations.generation() as meter:
 
                 async def forward(chunk: Chunk) -> None:
                     meter.token()

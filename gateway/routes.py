@@ -5,68 +5,43 @@ The protocol is written down in docs/protocol.md; keep the two in step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.auth import Authenticator, Identity, authenticate
-from gateway.config import Settings
-from gateway.descriptors import Descriptors
+from gateway.auth import Identity
 from gateway.errors import NotFound, ResumeUnavailable
 from gateway.events import parse_last_event_id
-from gateway.limits import Limits
-from gateway.metrics import Metrics
 from gateway.payloads import ChatRequest, LegacyRequest, read_payload
-from gateway.relay import Relay
 from gateway.responses import StreamResponse, sse_error_response
-from gateway.routing import Router
-from gateway.stores import StreamStore
+from gateway.state import AppState
 
-__all__ = ["Gateway", "gateway_of", "routes", "start_generation"]
-
-
-@dataclass(frozen=True)
-class Gateway:
-    """What the handlers share; built by the app's lifespan."""
-
-    settings: Settings
-    store: StreamStore
-    relay: Relay
-    metrics: Metrics
-    router: Router
-    auth: Authenticator
-    limits: Limits
-    descriptors: Descriptors = field(default_factory=Descriptors)
-
-
-def gateway_of(request: Request) -> Gateway:
-    gateway: Gateway = request.state.gateway
-    return gateway
+__all__ = ["routes", "start_generation"]
 
 
 async def create_stream(request: Request) -> Response:
-    gateway = gateway_of(request)
-    identity = await authenticate(request)
-    await gateway.limits.check_rate(identity)
-    chat = await read_payload(request, ChatRequest, gateway.settings.limits)
-    stream_id = await start_generation(gateway, identity, chat)
+    state = AppState.of(request.app)
+    identity = state.auth.identify(request.headers, request.client)
+    await state.limits.check_rate(identity)
+    chat = await read_payload(request, ChatRequest, state.settings.limits)
+    stream_id = await start_generation(state, identity, chat)
     return JSONResponse(
-        {"id": stream_id, "events_url": gateway.auth.events_url(stream_id)},
+        {"id": stream_id, "events_url": state.auth.events_url(stream_id)},
         status_code=201,
         headers={"Location": f"/v1/streams/{stream_id}/events"},  # no token: headers get logged
     )
 
 
-async def start_generation(gateway: Gateway, identity: Identity, chat: ChatRequest) -> str:
+async def start_generation(state: AppState, identity: Identity, chat: ChatRequest) -> str:
     """Start a generation in one of the caller's stream slots (freed when it ends)."""
-    gateway.descriptors.check(gateway.settings.server.fd_reserve)
-    slot = await gateway.limits.acquire(identity)
+    state.descriptors.check(state.settings.server.fd_reserve)
+    slot = await state.limits.acquire(identity)
     try:
-        stream_id = gateway.auth.new_stream_id(identity)
-        return await gateway.relay.start(chat, stream_id=stream_id, slot=slot, caller=identity.name)
+        stream_id = state.auth.new_stream_id(identity)
+        return await state.generations.start(
+            chat, stream_id=stream_id, slot=slot, caller=identity.name
+        )
     except BaseException:
         with anyio.CancelScope(shield=True):
             await slot.release()
@@ -74,49 +49,49 @@ async def start_generation(gateway: Gateway, identity: Identity, chat: ChatReque
 
 
 async def stream_events(request: Request) -> Response | StreamResponse:
-    gateway = gateway_of(request)
+    state = AppState.of(request.app)
     stream_id = request.path_params["stream_id"]
-    gateway.auth.check_reader(request, stream_id)
-    info = await gateway.store.info(stream_id)
+    state.auth.check_reader(stream_id, request.headers, request.query_params.get("token"))
+    info = await state.store.info(stream_id)
     if info is None:
         raise NotFound("No such stream.")
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     try:
         after = parse_last_event_id(raw) or 0
     except ValueError:
-        return sse_error_response(ResumeUnavailable("Malformed Last-Event-ID."), gateway.settings)
+        return sse_error_response(ResumeUnavailable("Malformed Last-Event-ID."), state.settings)
     if info.finished and after >= info.last_id:
         return Response(status_code=204)
     if after > info.last_id:
         problem = ResumeUnavailable("That event id is beyond the end of the stream.")
-        return sse_error_response(problem, gateway.settings)
+        return sse_error_response(problem, state.settings)
     if after < info.first_id - 1:
         problem = ResumeUnavailable("Events after that id are no longer kept.")
-        return sse_error_response(problem, gateway.settings)
-    return StreamResponse(gateway.store, stream_id, gateway.settings, gateway.metrics, after=after)
+        return sse_error_response(problem, state.settings)
+    return StreamResponse(state.store, stream_id, state.settings, state.metrics, after=after)
 
 
 async def delete_stream(request: Request) -> Response:
-    gateway, stream_id = gateway_of(request), request.path_params["stream_id"]
-    gateway.auth.check_owner(request, stream_id)
-    if not await gateway.store.cancel(stream_id):
+    state, stream_id = AppState.of(request.app), request.path_params["stream_id"]
+    state.auth.check_owner(stream_id, request.headers)
+    if not await state.store.cancel(stream_id):
         raise NotFound("No such stream.")
     return Response(status_code=204)
 
 
 async def api_stream(request: Request) -> StreamResponse:
     """The seed's contract: raw text, or SSE when the client accepts it."""
-    gateway = gateway_of(request)
-    identity = await authenticate(request)
-    await gateway.limits.check_rate(identity)
-    payload = await read_payload(request, LegacyRequest, gateway.settings.limits)
-    stream_id = await start_generation(gateway, identity, payload.to_chat())
+    state = AppState.of(request.app)
+    identity = state.auth.identify(request.headers, request.client)
+    await state.limits.check_rate(identity)
+    payload = await read_payload(request, LegacyRequest, state.settings.limits)
+    stream_id = await start_generation(state, identity, payload.to_chat())
     wants_sse = "text/event-stream" in request.headers.get("accept", "")
     return StreamResponse(
-        gateway.store,
+        state.store,
         stream_id,
-        gateway.settings,
-        gateway.metrics,
+        state.settings,
+        state.metrics,
         format="sse" if wants_sse else "text",
         hold=True,
         headers={"X-Stream-ID": stream_id},
@@ -128,12 +103,12 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    gateway = gateway_of(request)
-    if gateway.relay.draining:
+    state = AppState.of(request.app)
+    if state.generations.draining:
         message = "The gateway is shutting down."
-    elif not await gateway.store.ready():
+    elif not await state.store.ready():
         message = "The stream store is unavailable."
-    elif gateway.descriptors.short(gateway.settings.server.fd_reserve):
+    elif state.descriptors.short(state.settings.server.fd_reserve):
         message = "The gateway is short of file descriptors."
     else:
         return JSONResponse({"status": "ready"})

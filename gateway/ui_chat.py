@@ -4,7 +4,7 @@
     GET    /v1/ui/chat/{chatId}/stream  `resume: true`: the running generation replayed, or 204
     DELETE /v1/ui/chat/{chatId}/stream  the stop button: cancels that generation (204)
 
-A generation is an ordinary stream (`Relay.start`, the same store, limits,
+A generation is an ordinary stream (`Generations.start`, the same store, limits,
 auth and metrics as `/v1/streams`); what is new is only the dialect the
 response speaks (`gateway.ui_stream`, through `StreamResponse`'s `Encoder`)
 and a key per chat in the store that names its latest stream. The key is a
@@ -25,12 +25,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.auth import Identity, authenticate
+from gateway.auth import Identity
 from gateway.config import LimitSettings
 from gateway.errors import GatewayError
 from gateway.payloads import ChatMessage, ChatRequest, check_limits, read_payload
 from gateway.responses import StreamResponse
-from gateway.routes import Gateway, gateway_of, start_generation
+from gateway.routes import start_generation
+from gateway.state import AppState
 from gateway.stores import StoredEvent, StreamStore
 from gateway.ui_messages import UIChatRequest, chat_messages
 from gateway.ui_stream import DONE, UIMessageStream, encode
@@ -47,40 +48,40 @@ _HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 
 
 async def send_messages(request: Request) -> Response | StreamResponse:
-    gateway = gateway_of(request)
-    identity = await authenticate(request)
-    await gateway.limits.check_rate(identity)
-    body = await read_payload(request, UIChatRequest, gateway.settings.limits)
-    chat = chat_request(body, gateway.settings.limits)
-    stream_id = await start_generation(gateway, identity, chat)
+    state = AppState.of(request.app)
+    identity = state.auth.identify(request.headers, request.client)
+    await state.limits.check_rate(identity)
+    body = await read_payload(request, UIChatRequest, state.settings.limits)
+    chat = chat_request(body, state.settings.limits)
+    stream_id = await start_generation(state, identity, chat)
     key = _chat_key(identity, body.id)
-    await gateway.store.set_chat(key, stream_id)
+    await state.store.set_chat(key, stream_id)
     last = body.messages[-1]
     # Continuing an assistant message (after a client-side tool ran) keeps its id,
     # as the SDK's own servers do; otherwise the client would show it twice.
     message_id = last.id if last.role == "assistant" and last.id else _message_id(stream_id)
-    return _stream(gateway, key, stream_id, message_id)
+    return _stream(state, key, stream_id, message_id)
 
 
 async def resume(request: Request) -> Response | StreamResponse:
-    gateway = gateway_of(request)
-    identity = await authenticate(request)
+    state = AppState.of(request.app)
+    identity = state.auth.identify(request.headers, request.client)
     key = _chat_key(identity, request.path_params["chat_id"])
-    stream_id = await gateway.store.chat_stream(key)
-    if stream_id is None or await gateway.store.info(stream_id) is None:
+    stream_id = await state.store.chat_stream(key)
+    if stream_id is None or await state.store.info(stream_id) is None:
         return Response(status_code=204)
-    return _stream(gateway, key, stream_id, _message_id(stream_id))
+    return _stream(state, key, stream_id, _message_id(stream_id))
 
 
 async def stop(request: Request) -> Response:
     """Idempotent: a chat with nothing running is answered 204 as well."""
-    gateway = gateway_of(request)
-    identity = await authenticate(request)
+    state = AppState.of(request.app)
+    identity = state.auth.identify(request.headers, request.client)
     key = _chat_key(identity, request.path_params["chat_id"])
-    stream_id = await gateway.store.chat_stream(key)
+    stream_id = await state.store.chat_stream(key)
     if stream_id is not None:
-        await gateway.store.cancel(stream_id)
-        await gateway.store.forget_chat(key, stream_id)
+        await state.store.cancel(stream_id)
+        await state.store.forget_chat(key, stream_id)
     return Response(status_code=204)
 
 
@@ -98,13 +99,13 @@ def chat_request(body: UIChatRequest, limits: LimitSettings) -> ChatRequest:
     return chat
 
 
-def _stream(gateway: Gateway, key: str, stream_id: str, message_id: str) -> StreamResponse:
-    encoder = _UIEncoder(gateway.store, key, stream_id, message_id)
+def _stream(state: AppState, key: str, stream_id: str, message_id: str) -> StreamResponse:
+    encoder = _UIEncoder(state.store, key, stream_id, message_id)
     return StreamResponse(
-        gateway.store,
+        state.store,
         stream_id,
-        gateway.settings,
-        gateway.metrics,
+        state.settings,
+        state.metrics,
         headers=_HEADERS,
         encoder=encoder,
     )

@@ -12,8 +12,11 @@ from starlette.types import Scope
 
 __all__ = ["DEFAULT_DIRECTORY", "SECURITY_HEADERS", "WebFiles", "WebMount"]
 
-#: The repository's `web/`, next to the `gateway` package.
-DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "web"
+_HERE = Path(__file__).resolve().parent
+#: The page that ships with the gateway: the repository's `web/`, which a wheel
+#: carries as `gateway/static` (pyproject.toml maps one onto the other); from a
+#: checkout or an editable install, `web/` itself, next to the package.
+DEFAULT_DIRECTORY = _HERE / "static" if (_HERE / "static").is_dir() else _HERE.parent / "web"
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (

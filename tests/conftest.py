@@ -26,9 +26,10 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from gateway import Settings, Simulator, create_app, load_settings
+from gateway import Settings, create_app, load_settings
 from gateway.config import SimulatorSettings
-from gateway.routes import Gateway
+from gateway.simulator import Simulator
+from gateway.state import AppState
 
 TIMEOUT = httpx.Timeout(10.0)
 
@@ -199,10 +200,9 @@ class GatewayServer:
     app: Starlette
 
     @property
-    def state(self) -> Gateway:
-        """The running gateway's settings, store and relay."""
-        gateway: Gateway = self.app.state.gateway
-        return gateway
+    def state(self) -> AppState:
+        """The running gateway's settings, store, generations...: tests look here."""
+        return AppState.of(self.app)
 
 
 @pytest.fixture

@@ -265,7 +265,7 @@ def test_over_the_concurrency_limit_is_503_with_retry_after(client, gateway):
         assert error["retry_after"] >= 1
     # Once the running stream ends, its slot is free again.
     assert client.delete(f"{server.url}/v1/streams/{first.json()['id']}").status_code == 204
-    wait_until(lambda: server.state.relay.active == 0)
+    wait_until(lambda: server.state.generations.active == 0)
     response = client.post(f"{server.url}/v1/streams", json={"messages": [user()]})
     assert response.status_code == 201, response.text
 
@@ -275,7 +275,7 @@ def test_failed_streams_free_their_slot(client, gateway):
     for _ in range(3):
         response = client.post(f"{server.url}/api/stream", json={"message": "[[sim status=500]]"})
         assert_error(response, 502, "upstream_error")
-    wait_until(lambda: server.state.relay.active == 0)
+    wait_until(lambda: server.state.generations.active == 0)
     response = client.post(f"{server.url}/api/stream", json={"message": "[[sim echo=1]]ok"})
     assert (response.status_code, response.text) == (200, "ok")
 

@@ -134,7 +134,7 @@ def test_known_streams_give_exact_counts(gateway, simulator):
                 if line.startswith("event: token"):
                     break
         events_requests += 1
-        wait_until(lambda: server.state.relay.active == 0)
+        wait_until(lambda: server.state.generations.active == 0)
         _, events = read(client, events_url)  # the replay: what it generated, and how it ended
         events_requests += 1
         count, end = tokens_and_end(events)

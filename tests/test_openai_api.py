@@ -296,7 +296,7 @@ def test_client_leaving_closes_the_upstream(gw, simulator):
     next(iter(stream))
     stream.close()
     wait_until(lambda: simulator.sim.find(tag)[0].outcome == "client_gone")
-    wait_until(lambda: gw.state.relay.active == 0)
+    wait_until(lambda: gw.state.generations.active == 0)
 
 
 def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(gateway):
@@ -313,6 +313,6 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(gateway):
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
         )
         sock.sendall(request.encode())
-        wait_until(lambda: server.state.relay.active == 1)
+        wait_until(lambda: server.state.generations.active == 1)
         # The generation ends (and its upstream is closed) long before `idle`.
-        wait_until(lambda: server.state.relay.active == 0, timeout=3)
+        wait_until(lambda: server.state.generations.active == 0, timeout=3)

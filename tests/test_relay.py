@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from gateway import create_app
 from tests.conftest import (
+    GatewayServer,
     create,
     marker,
     read_events,
@@ -502,7 +503,7 @@ def test_shutdown_closes_the_upstream_and_ends_the_stream_with_shutdown(client, 
     with run_server(app) as url:
         create(client, url, f"{m} [[sim tokens=100 delay_ms=100]]")
         wait_until(lambda: simulator.sim.find(m) and simulator.sim.find(m)[0].tokens_sent > 0)
-        store = app.state.gateway.store
+        store = GatewayServer(url, app).state.store
         stream_id = next(iter(store._streams))
         events = store._streams[stream_id].events
     assert events[-1].event == "error"

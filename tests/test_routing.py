@@ -11,8 +11,9 @@ import httpx
 import openai
 import pytest
 
-from gateway import Simulator, load_settings
+from gateway import load_settings
 from gateway.config import ConfigError, SimulatorSettings
+from gateway.simulator import Simulator
 from tests.conftest import (
     TIMEOUT,
     SimServer,

@@ -526,7 +526,7 @@ def test_memory_does_not_grow_with_finished_streams(client, gateway):
         create(client, server.url, f"{marker()} [[sim tokens=2]]")
     assert len(server.state.store) >= 1
     wait_until(lambda: len(server.state.store) == 0, timeout=5)
-    assert server.state.relay.active == 0
+    assert server.state.generations.active == 0
 
 
 # -- slow readers ----------------------------------------------------------------
@@ -630,7 +630,7 @@ def test_over_the_concurrency_limit_is_503_with_retry_after(client, gateway):
     assert isinstance(error["message"], str) and error["message"]
     # Once the running stream ends, its slot is free again.
     assert delete(client, slow_url).status_code == 204
-    wait_until(lambda: server.state.relay.active == 0)
+    wait_until(lambda: server.state.generations.active == 0)
     response = client.post(f"{server.url}/v1/streams", json=body)
     assert response.status_code == 201, response.text
     events = read_events(client, f"{server.url}{response.json()['events_url']}")

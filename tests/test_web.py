@@ -45,9 +45,9 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from gateway import Simulator
 from gateway.auth import hash_key
 from gateway.config import SimulatorSettings
+from gateway.simulator import Simulator
 from gateway.web import DEFAULT_DIRECTORY, WebMount
 from tests.conftest import GatewayServer, SimServer, marker, run_server, wait_until
 

@@ -1,6 +1,6 @@
 """Generations: each runs in a task the gateway owns, never in a request.
 
-`Relay` admits new generations (refused while draining or at
+`Generations` admits new ones (refused while draining or at
 `limits.max_concurrent_streams`, counted before the first await so a burst
 cannot slip past the limit), starts each as a `Generation` in the app's task
 group, and on shutdown drains them: running ones get `server.drain_timeout`
@@ -10,7 +10,6 @@ to finish, then are cut and end with `error: shutdown`.
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,12 +28,12 @@ from gateway.payloads import ChatRequest
 from gateway.routing import Router
 from gateway.stores import StreamStore
 
-__all__ = ["Relay"]
-
-logger = logging.getLogger("gateway.relay")
+__all__ = ["Generations"]
 
 
-class Relay:
+class Generations:
+    """The app's running generations: admission, start, drain."""
+
     def __init__(
         self,
         settings: Settings,
