@@ -22,6 +22,7 @@ from gateway import create_app
 from gateway.config import Settings, load_settings
 from gateway.errors import StoreUnavailable
 from gateway.payloads import ChatRequest
+from gateway.state import AppState
 from gateway.stores import StoredEvent
 from gateway.stores.memory import MemoryStore
 from gateway.upstream import Delta, Finish, OnChunk, OnDelta
@@ -237,7 +238,7 @@ def test_a_store_that_cannot_create_is_a_503_and_frees_everything() -> None:
             response = client.post("/v1/streams", json=body)
             assert response.status_code == 503
             assert response.json()["error"]["code"] == "store_unavailable"
-        assert client.app.state.gateway.relay.active == 0  # type: ignore[attr-defined]
+        assert AppState.of(client.app).generations.active == 0  # type: ignore[arg-type]
 
 
 def test_a_store_failing_mid_stream_ends_it_with_an_id_and_then_204(
