@@ -51,7 +51,11 @@ def test_version_is_the_installed_distribution_version():
 
 
 def run(*command: str | Path) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    # Without PYTHONPATH: a checkout on it makes pip see the project as installed.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=180, check=False, env=env
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
