@@ -162,8 +162,8 @@ class Upstream:
         deadline: float,
         measured: UpstreamRequest,
     ) -> Finish:
-        """One request, under the watchdog; the upstream's exceptions are translated
-        here (`from_upstream`), the one place the SDK's errors are caught."""
+        """One request, under the watchdog; the SDK's and the transport's exceptions
+        become gateway errors here (`from_upstream`)."""
         timeouts = self._settings.timeouts
         answer = _Answer(forward)
         opened = False
@@ -230,7 +230,8 @@ class _Answer:
                     self._held.append(chunk)
                     continue
                 watchdog.touch()
-                await self._release()
+                if self._held:
+                    await self._release()
                 await self._forward(chunk)
 
     async def finish(self) -> Finish:
