@@ -24,12 +24,13 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.auth import Authenticator, startup_warnings
 from gateway.config import Settings, load_settings
-from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound, error_response
+from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound
 from gateway.generations import Generations
 from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.middleware import RequestMiddleware
 from gateway.openai_api import routes as openai_routes
+from gateway.responses import error_response
 from gateway.routes import routes
 from gateway.routing import Router
 from gateway.simulator import Simulator, simulator_key

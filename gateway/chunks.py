@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import UpstreamFailed, upstream_detail
+from gateway.errors import UpstreamFailed
+from gateway.upstream_errors import upstream_detail
 
 __all__ = ["Chunk", "ToolCallDelta", "ToolCalls", "finite_usage", "parse_chunk"]
 

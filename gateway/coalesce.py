@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import anyio
 
-from gateway.upstream import Delta
+from gateway.deltas import Delta
 
 __all__ = ["Coalescer"]
 

@@ -30,31 +30,23 @@
           └── UpstreamBadRequest     502    upstream_bad_request
 
 Before a response starts an error is sent as its status with
-`{"error": {"code", "message"}}`; after, as an SSE `error` event whose data is
-`{"code", "message", "retryable"}` (plus `retry_after` when known). An error
-the upstream explained adds `upstream`: its HTTP status and its error object's
-`message`, `type`, `code` and `param`, bounded and with credentials masked (and
-the message is the upstream's). `from_upstream` is the one place that
-translates `openai` exceptions.
-The OpenAI-compatible endpoints answer the same errors in OpenAI's shape
-(`openai_response`, `openai_event`), so the `openai` SDK raises the exception
-it would raise for OpenAI itself.
+`{"error": {"code", "message"}}` (`body`, `headers`); after, as an SSE `error`
+event whose data is `{"code", "message", "retryable"}` (`event_data`, which
+`from_event_data` reads back), plus `retry_after` when known. An error the
+upstream explained adds `upstream`: its HTTP status and its error object's
+`message`, `type`, `code` and `param` (and the message is the upstream's).
+
+This module only describes failures. Translating the `openai` SDK's
+exceptions is the upstream boundary's work (`gateway.upstream_errors`);
+OpenAI's own error shapes are the OpenAI front door's (`gateway.openai_errors`);
+the HTTP answer is `gateway.responses.error_response`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import math
-import re
-import time
 from typing import Any, ClassVar
-
-import httpx2
-import openai
-from starlette.responses import JSONResponse
-
-from gateway.logs import REDACTED, redact
 
 __all__ = [
     "BodyTooLarge",
@@ -85,24 +77,8 @@ __all__ = [
     "UpstreamRateLimited",
     "UpstreamTimeout",
     "UpstreamUnavailable",
-    "error_response",
     "from_event_data",
-    "from_upstream",
-    "openai_event",
-    "openai_response",
-    "upstream_detail",
 ]
-
-
-#: The longest `Retry-After` passed on from an upstream: beyond it, a client should
-#: rather try again than believe the upstream.
-_MAX_RETRY_AFTER = 3600.0
-#: The longest text of an upstream's error object passed on.
-_MAX_DETAIL = 1000
-#: API keys as providers print them ("Incorrect API key provided: sk-proj-...").
-_KEY = re.compile(r"\b(?:sk|pk|rk|gsk|xai|key)[-_][\w*.-]{6,}", re.IGNORECASE)
-#: The statuses whose error body the OpenAI front door answers as the upstream did.
-_CALLER_ERRORS = (400, 404, 413, 422)
 
 
 class GatewayError(Exception):
@@ -120,7 +96,7 @@ class GatewayError(Exception):
     ) -> None:
         self.message = message or self.default_message
         self.retry_after = retry_after
-        #: The upstream's own account of the error (`upstream_detail`), when it gave one.
+        #: The upstream's own account of the error (`upstream_errors.upstream_detail`), if any.
         self.upstream = upstream
         super().__init__(self.message)
 
@@ -300,135 +276,6 @@ class UpstreamAuth(UpstreamError):
 class UpstreamBadRequest(UpstreamError):
     code, retryable = "upstream_bad_request", False
     default_message = "The upstream rejected the request."
-
-
-def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
-    """Translate an `openai` or `httpx2` exception; `streaming` means the response had begun.
-
-    The upstream's error object is passed on (`upstream_detail`), except for a
-    401/403: that one is about the gateway's own key, not the caller's request.
-    """
-    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not _refused(exc):
-        return UpstreamTimeout()
-    if isinstance(exc, httpx2.HTTPError):  # raised while reading a streamed body
-        return UpstreamFailed("The upstream connection was lost mid-stream.")
-    if isinstance(exc, openai.APIConnectionError):
-        if streaming:
-            return UpstreamFailed("The upstream connection was lost mid-stream.")
-        return UpstreamUnavailable()
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status in (401, 403):
-            return UpstreamAuth(f"The upstream answered HTTP {status}.")
-        upstream = upstream_detail(exc.body, status)
-        message = upstream.get("message") or f"The upstream answered HTTP {status}."
-        if status == 429:
-            retry_after = _retry_after(exc.response.headers)
-            return UpstreamRateLimited(message, retry_after=retry_after, upstream=upstream)
-        if 400 <= status < 500:
-            return UpstreamBadRequest(message, upstream=upstream)
-        return UpstreamFailed(message, upstream=upstream)
-    if isinstance(exc, openai.APIError):
-        return UpstreamFailed("The upstream reported an error mid-stream.")
-    return UpstreamFailed()
-
-
-def upstream_detail(body: Any, status: int | None = None) -> dict[str, Any]:
-    """The upstream's own error: its HTTP status (None mid-stream) and the `message`,
-    `type`, `code` and `param` of its error object (`body`, or `body["error"]`),
-    each bounded in size and with credentials masked."""
-    error = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(error, str):
-        error = {"message": error}
-    detail: dict[str, Any] = {"status": status}
-    for key in ("message", "type", "code", "param"):
-        value = error.get(key) if isinstance(error, dict) else None
-        if isinstance(value, str):
-            detail[key] = _KEY.sub(REDACTED, redact(value))[:_MAX_DETAIL]
-        elif isinstance(value, int) and not isinstance(value, bool):
-            detail[key] = value
-    return detail
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether a "timeout" was really a refused connection.
-
-    The SDK's aiohttp transport maps every connect failure to `ConnectTimeout`;
-    the socket error underneath tells a refusal from a real timeout.
-    """
-    cause = exc.__cause__
-    while cause is not None:
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            return True
-        cause = cause.__cause__
-    return False
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), at
-    most `_MAX_RETRY_AFTER`; None when absent or not a finite number (`inf`, `nan`)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return _bounded(float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return _bounded(float(value))
-    except ValueError:
-        pass
-    try:
-        return _bounded(email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _bounded(seconds: float) -> float | None:
-    if not math.isfinite(seconds):
-        return None
-    return min(max(0.0, seconds), _MAX_RETRY_AFTER)
-
-
-def error_response(exc: GatewayError) -> JSONResponse:
-    """The answer to an error raised before a response started."""
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
-
-
-def _openai_error(exc: GatewayError) -> tuple[int, dict[str, Any]]:
-    """OpenAI's status and `{"error": {"message", "type", "param", "code"}}` for `exc`.
-
-    OpenAI answers an invalid field with 400, where the stream protocol says 422.
-    """
-    upstream = exc.upstream or {}
-    if isinstance(exc, UpstreamBadRequest) and upstream.get("status") in _CALLER_ERRORS:
-        # The caller's request was refused: answer as the upstream did.
-        error = {key: upstream.get(key) for key in ("message", "type", "param", "code")}
-        return upstream["status"], {"error": {**error, "message": exc.message}}
-    status = 400 if isinstance(exc, InvalidRequest) else exc.status
-    if status == 429:
-        kind = "rate_limit_error"
-    elif status >= 500:
-        kind = "server_error"
-    else:
-        kind = "invalid_request_error"
-    param = "model" if isinstance(exc, ModelNotFound) else None
-    error = {"message": exc.message, "type": kind, "param": param, "code": exc.code}
-    return status, {"error": error}
-
-
-def openai_response(exc: GatewayError) -> JSONResponse:
-    """An error of the OpenAI-compatible endpoints, before a response started."""
-    status, body = _openai_error(exc)
-    return JSONResponse(body, status_code=status, headers=exc.headers())
-
-
-def openai_event(exc: GatewayError) -> bytes:
-    """The `data: {"error": ...}` chunk that ends a chat completion stream: the SDK
-    raises `openai.APIError` on it instead of returning a short answer."""
-    return b"data: " + json.dumps(_openai_error(exc)[1]).encode() + b"\n\n"
 
 
 def from_event_data(data: str) -> GatewayError:

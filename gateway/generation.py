@@ -27,6 +27,7 @@ import anyio
 
 from gateway import logs
 from gateway.coalesce import Coalescer
+from gateway.deltas import Delta, OnDelta
 from gateway.errors import (
     Cancelled,
     GatewayError,
@@ -38,9 +39,9 @@ from gateway.errors import (
 from gateway.limits import Slot
 from gateway.metrics import StreamMeter
 from gateway.stores import StreamStore
-from gateway.upstream import Delta, Finish, OnDelta
+from gateway.upstream import Finish
 
-__all__ = ["Answer", "Generation", "Outcome"]
+__all__ = ["Answer", "Generation", "Outcome", "outcome_name"]
 
 logger = logging.getLogger("gateway.generation")
 
@@ -179,9 +180,15 @@ class Generation:
 
     def outcome_name(self, outcome: Outcome) -> str:
         """`done`, `client_gone` or the error code (`cancelled` for a DELETE)."""
-        if isinstance(outcome, Finish):
-            return "done"
-        return "client_gone" if outcome is self._client_gone else outcome.code
+        return outcome_name(None if outcome is self._client_gone else outcome)
+
+
+def outcome_name(outcome: Outcome | None) -> str:
+    """An outcome as logs and metrics name it: `done`, the error code, or
+    `client_gone` (None) when no client was left to answer."""
+    if outcome is None:
+        return "client_gone"
+    return "done" if isinstance(outcome, Finish) else outcome.code
 
 
 async def race(*contenders: Callable[[], Awaitable[Outcome]]) -> Outcome:

@@ -86,7 +86,7 @@ class Generations:
         settings = self._settings
         generation = Generation(
             stream_id,
-            lambda on_delta: self._upstream.complete(chat, on_delta),
+            lambda on_delta: self._upstream.stream_deltas(chat, on_delta),
             self._store,
             meter=self._metrics.stream_started(),
             slot=slot,

@@ -29,9 +29,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.chunks import Chunk, ToolCalls
-from gateway.errors import GatewayError, Shutdown, openai_event, openai_response
+from gateway.chunks import Chunk
+from gateway.errors import GatewayError, Shutdown
+from gateway.generation import Outcome, outcome_name
 from gateway.limits import holding
+from gateway.openai_errors import openai_event, openai_response
 from gateway.payloads import ChatMessage, read_payload
 from gateway.responses import send_within
 from gateway.state import AppState
@@ -116,7 +118,7 @@ class _Completion:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self._gateway
         chunks: list[Chunk] = []
-        outcome: Finish | GatewayError | None = Shutdown()  # unless the generation ends
+        outcome: Outcome | None = Shutdown()  # unless the generation ends
         try:
             with gateway.generations.generation() as meter:
 
@@ -136,7 +138,7 @@ class _Completion:
         except GatewayError as exc:  # refused: draining or at capacity
             await openai_response(exc)(scope, receive, send)
             return
-        name = "client_gone" if outcome is None else _outcome_name(outcome)
+        name = outcome_name(outcome)
         meter.finish(name)
         usage = meter.usage(outcome.usage if isinstance(outcome, Finish) else None)
         logger.info(
@@ -172,17 +174,15 @@ class _Completion:
                     await send({"type": "http.response.body", "body": filler, "more_body": True})
                     self._written = anyio.current_time()
 
-    async def _race(
-        self, receive: Receive, send: Send, forward: OnChunk
-    ) -> Finish | GatewayError | None:
+    async def _race(self, receive: Receive, send: Send, forward: OnChunk) -> Outcome | None:
         """The upstream's outcome, or None when the client left first."""
-        outcome: Finish | GatewayError | None = None
+        outcome: Outcome | None = None
         async with anyio.create_task_group() as race:
 
             async def generate() -> None:
                 nonlocal outcome
                 try:
-                    outcome = await self._gateway.router.relay(
+                    outcome = await self._gateway.router.stream_chunks(
                         self._body.model, self._body.arguments(), forward
                     )
                 except GatewayError as exc:
@@ -203,7 +203,7 @@ class _Completion:
 
     async def _answer(
         self,
-        outcome: Finish | GatewayError,
+        outcome: Outcome,
         chunks: list[Chunk],
         scope: Scope,
         receive: Receive,
@@ -229,10 +229,6 @@ class _Completion:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-def _outcome_name(outcome: Finish | GatewayError) -> str:
-    return "done" if isinstance(outcome, Finish) else outcome.code
-
-
 def _frame(payload: str) -> bytes:
     """One `data:` event. A chunk the upstream spread over several `data:` lines was
     joined with LF (JSON whitespace); each line gets its own `data:` again."""
@@ -244,10 +240,7 @@ def assemble(chunks: list[Chunk], finish: Finish) -> dict[str, Any]:
     first = json.loads(chunks[0].payload)
     content = "".join(chunk.content or "" for chunk in chunks)
     reasoning = "".join(chunk.reasoning or "" for chunk in chunks)
-    calls = ToolCalls()
-    for chunk in chunks:
-        for delta in chunk.tool_calls:
-            calls.add(delta)
+    calls = finish.tool_calls
     message: dict[str, Any] = {
         "role": "assistant",
         "content": content if content or not calls else None,
@@ -262,7 +255,7 @@ def assemble(chunks: list[Chunk], finish: Finish) -> dict[str, Any]:
                 "type": "function",
                 "function": {"name": call["name"] or "", "arguments": call["arguments"]},
             }
-            for call in calls.assembled()
+            for call in calls
         ]
     return {
         "id": first.get("id"),

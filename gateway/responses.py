@@ -17,15 +17,16 @@ from typing import Literal, Protocol
 import anyio
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
+from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.config import Settings
-from gateway.errors import GatewayError, StoreUnavailable, error_response, from_event_data
+from gateway.errors import GatewayError, StoreUnavailable, from_event_data
 from gateway.events import HEARTBEAT, frame, retry
 from gateway.metrics import Metrics
 from gateway.stores import StoredEvent, StreamStore
 
-__all__ = ["Encoder", "StreamResponse", "send_within", "sse_error_response"]
+__all__ = ["Encoder", "StreamResponse", "error_response", "send_within", "sse_error_response"]
 
 logger = logging.getLogger("gateway.responses")
 
@@ -220,6 +221,11 @@ def _final_send_with_timeout(send: Send, timeout: float, sent: Callable[[int], N
             await send(message)
 
     return guarded
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    """The answer to an error raised before a response started."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
 
 def sse_error_response(exc: GatewayError, settings: Settings) -> EventSourceResponse:

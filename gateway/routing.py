@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 import anyio
 
 from gateway.config import Settings, UpstreamSettings
+from gateway.deltas import OnDelta
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.metrics import Metrics
 from gateway.payloads import ChatRequest
-from gateway.upstream import Finish, OnChunk, OnDelta, Upstream
+from gateway.upstream import Finish, OnChunk, Upstream
 
 __all__ = ["Router"]
 
@@ -55,13 +56,16 @@ class Router:
         """Raise `ModelNotFound` unless `model` is routed (None: the default)."""
         self._upstreams(model)
 
-    async def complete(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
-        """`Upstream.complete` over the route of `chat.model`, with fallback."""
-        return await self._route(chat.model, lambda up, out: up.complete(chat, out), on_delta)
+    async def stream_deltas(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
+        """`Upstream.stream_deltas` over the route of `chat.model`, with fallback."""
+        return await self._route(chat.model, lambda up, out: up.stream_deltas(chat, out), on_delta)
 
-    async def relay(self, model: str, arguments: dict[str, Any], on_chunk: OnChunk) -> Finish:
-        """`Upstream.relay` (raw chunks, for the OpenAI front door) over the route of `model`."""
-        return await self._route(model, lambda up, out: up.relay(arguments, out), on_chunk)
+    async def stream_chunks(
+        self, model: str, arguments: dict[str, Any], on_chunk: OnChunk
+    ) -> Finish:
+        """`Upstream.stream_chunks` (the upstream's chunks, for the OpenAI front door)
+        over the route of `model`, with fallback."""
+        return await self._route(model, lambda up, out: up.stream_chunks(arguments, out), on_chunk)
 
     async def aclose(self) -> None:
         for upstreams in self._routes.values():
@@ -84,14 +88,14 @@ class Router:
         upstreams = self._upstreams(model)
         started = False
 
-        async def relay(item: Item) -> None:
+        async def hand_on(item: Item) -> None:
             nonlocal started
             started = True
             await forward(item)
 
         for index, upstream in enumerate(upstreams):
             try:
-                finish = await call(upstream, relay)
+                finish = await call(upstream, hand_on)
             except GatewayError as exc:
                 last = index == len(upstreams) - 1
                 if started or last or not exc.retryable:

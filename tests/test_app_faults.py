@@ -20,12 +20,13 @@ from starlette.testclient import TestClient
 
 from gateway import create_app
 from gateway.config import Settings, load_settings
+from gateway.deltas import Delta, OnDelta
 from gateway.errors import StoreUnavailable
 from gateway.payloads import ChatRequest
 from gateway.state import AppState
 from gateway.stores import StoredEvent
 from gateway.stores.memory import MemoryStore
-from gateway.upstream import Delta, Finish, OnChunk, OnDelta
+from gateway.upstream import Finish, OnChunk
 
 EXIT_WATCHDOG = 10.0  # drain_timeout is 0.5 s: far less is expected
 
@@ -48,14 +49,16 @@ class ScriptedRouter:
     def models(self) -> list[str]:
         return ["scripted"]
 
-    async def complete(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
+    async def stream_deltas(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
         words = str(chat.messages[-1].content).split()
         for word in words:
             await on_delta(Delta("token", word + " "))
             await anyio.sleep(1 if "slow" in words else 0.002)
         return Finish("stop", None)
 
-    async def relay(self, model: str, arguments: dict[str, Any], on_chunk: OnChunk) -> Finish:
+    async def stream_chunks(
+        self, model: str, arguments: dict[str, Any], on_chunk: OnChunk
+    ) -> Finish:
         raise NotImplementedError
 
     async def aclose(self) -> None:

@@ -17,13 +17,14 @@ import anyio
 import pytest
 
 from gateway.config import Settings, load_settings
+from gateway.deltas import Delta, OnDelta
 from gateway.errors import StoreUnavailable, UpstreamTimeout
 from gateway.generation import Generation
 from gateway.limits import Slot
 from gateway.metrics import Metrics
 from gateway.stores import StoredEvent
 from gateway.stores.memory import MemoryStore
-from gateway.upstream import Delta, Finish, OnDelta
+from gateway.upstream import Finish
 
 pytestmark = pytest.mark.anyio
 

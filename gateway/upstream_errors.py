@@ -1,0 +1,128 @@
+"""The upstream's failures as gateway errors: the one place that reads `openai` and
+`httpx2` exceptions (and the error objects upstreams send mid-stream).
+
+The upstream's own account of an error is passed on (`upstream_detail`): its
+HTTP status and its error object's `message`, `type`, `code` and `param`,
+bounded and with credentials masked; and the message is the upstream's. Not
+for a 401/403: that one is about the gateway's own key, not the caller's
+request. A `Retry-After` is believed up to `_MAX_RETRY_AFTER`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx2
+import openai
+
+from gateway.errors import (
+    UpstreamAuth,
+    UpstreamBadRequest,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.logs import REDACTED, redact
+
+__all__ = ["from_upstream", "upstream_detail"]
+
+#: The longest `Retry-After` passed on from an upstream: beyond it, a client should
+#: rather try again than believe the upstream.
+_MAX_RETRY_AFTER = 3600.0
+#: The longest text of an upstream's error object passed on.
+_MAX_DETAIL = 1000
+#: API keys as providers print them ("Incorrect API key provided: sk-proj-...").
+_KEY = re.compile(r"\b(?:sk|pk|rk|gsk|xai|key)[-_][\w*.-]{6,}", re.IGNORECASE)
+
+
+def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
+    """Translate an `openai` or `httpx2` exception; `streaming` means the response had begun."""
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not _refused(exc):
+        return UpstreamTimeout()
+    if isinstance(exc, httpx2.HTTPError):  # raised while reading a streamed body
+        return UpstreamFailed("The upstream connection was lost mid-stream.")
+    if isinstance(exc, openai.APIConnectionError):
+        if streaming:
+            return UpstreamFailed("The upstream connection was lost mid-stream.")
+        return UpstreamUnavailable()
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status in (401, 403):
+            return UpstreamAuth(f"The upstream answered HTTP {status}.")
+        upstream = upstream_detail(exc.body, status)
+        message = upstream.get("message") or f"The upstream answered HTTP {status}."
+        if status == 429:
+            retry_after = _retry_after(exc.response.headers)
+            return UpstreamRateLimited(message, retry_after=retry_after, upstream=upstream)
+        if 400 <= status < 500:
+            return UpstreamBadRequest(message, upstream=upstream)
+        return UpstreamFailed(message, upstream=upstream)
+    if isinstance(exc, openai.APIError):
+        return UpstreamFailed("The upstream reported an error mid-stream.")
+    return UpstreamFailed()
+
+
+def upstream_detail(body: Any, status: int | None = None) -> dict[str, Any]:
+    """The upstream's own error: its HTTP status (None mid-stream) and the `message`,
+    `type`, `code` and `param` of its error object (`body`, or `body["error"]`),
+    each bounded in size and with credentials masked."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, str):
+        error = {"message": error}
+    detail: dict[str, Any] = {"status": status}
+    for key in ("message", "type", "code", "param"):
+        value = error.get(key) if isinstance(error, dict) else None
+        if isinstance(value, str):
+            detail[key] = _KEY.sub(REDACTED, redact(value))[:_MAX_DETAIL]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            detail[key] = value
+    return detail
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a "timeout" was really a refused connection.
+
+    The SDK's aiohttp transport maps every connect failure to `ConnectTimeout`;
+    the socket error underneath tells a refusal from a real timeout.
+    """
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), at
+    most `_MAX_RETRY_AFTER`; None when absent or not a finite number (`inf`, `nan`)."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return _bounded(float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return _bounded(float(value))
+    except ValueError:
+        pass
+    try:
+        return _bounded(email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _bounded(seconds: float) -> float | None:
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), _MAX_RETRY_AFTER)
