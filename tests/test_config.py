@@ -222,11 +222,23 @@ def test_env_json_object_value():
 
 
 def test_env_json_list_value_is_parsed_as_a_list():
-    # Parsed as JSON, a list is not a valid host: proof it was not taken as a string.
+    settings = load_settings(
+        os.devnull,
+        environ={
+            "GATEWAY_SERVER__TRUSTED_PROXIES": '["10.0.0.1", "10.0.0.2"]',
+            "GATEWAY_LIMITS__ALLOWED_MODELS": '["a"]',
+        },
+    )
+    assert settings.server.trusted_proxies == ["10.0.0.1", "10.0.0.2"]
+    assert settings.limits.allowed_models == ["a"]
+
+
+def test_env_list_that_is_not_json_names_the_variable_and_key():
+    name = "GATEWAY_SERVER__TRUSTED_PROXIES"
     with pytest.raises(ConfigError) as info:
-        load_settings(os.devnull, environ={"GATEWAY_SERVER__HOST": '["a", "b"]'})
-    assert "server.host:" in str(info.value)
-    assert "GATEWAY_SERVER__HOST" in str(info.value)
+        load_settings(os.devnull, environ={name: '["10.0.0.1"'})
+    assert "server.trusted_proxies:" in str(info.value)
+    assert name in str(info.value)
 
 
 def test_env_value_that_only_looks_like_json_stays_a_string():
