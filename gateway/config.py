@@ -542,13 +542,13 @@ def _merged(*layers: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _described(exc: ValidationError, variables: Mapping[tuple[str, ...], str]) -> str:
-    """One line per error: its dotted key, and the variables its value came from."""
+    """One line per error: its dotted key, and the variables that set it or keys in it."""
     lines = ["invalid configuration:"]
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"])
         above = [name for keys, name in variables.items() if loc[: len(keys)] == keys]
-        below = [name for keys, name in variables.items() if keys[: len(loc)] == loc]
-        sources = above or (below if len(loc) > 1 else [])  # a key, not a whole section
+        below = [name for keys, name in variables.items() if loc and keys[: len(loc)] == loc]
+        sources = above or below
         where = f" (from {', '.join(sources)})" if sources else ""
         lines.append(f"  {'.'.join(loc)}: {error['msg']}{where}")
     return "\n".join(lines)
