@@ -235,14 +235,6 @@ def test_env_json_list_value_is_parsed_as_a_list():
     assert settings.limits.allowed_models == ["a"]
 
 
-def test_env_list_that_is_not_json_names_the_variable_and_key():
-    name = "GATEWAY_SERVER__TRUSTED_PROXIES"
-    with pytest.raises(ConfigError) as info:
-        load_settings(os.devnull, environ={name: '["10.0.0.1"'})
-    assert "server.trusted_proxies:" in str(info.value)
-    assert name in str(info.value)
-
-
 def test_env_value_that_only_looks_like_json_stays_a_string():
     settings = load_settings(os.devnull, environ={"GATEWAY_UPSTREAM__MODEL": "[not json"})
     assert settings.upstream.model == "[not json"
@@ -256,6 +248,9 @@ def test_env_value_that_only_looks_like_json_stays_a_string():
         ("GATEWAY_SERVER__PORT", "-1", "server.port"),
         ("GATEWAY_UPSTREAM__RETRIES", "1.5", "upstream.retries"),
         ("GATEWAY_SERVER__NOPE", "1", "server.nope"),
+        ("GATEWAY_SERVR__PORT", "1", "servr"),
+        ("GATEWAY_SERVER__TRUSTED_PROXIES", '["10.0.0.1"', "server.trusted_proxies"),
+        ("GATEWAY_UPSTREAM__TIMEOUTS", '{"idle": 3', "upstream.timeouts"),
     ],
 )
 def test_invalid_env_value_names_the_variable_and_key(name, value, key):
@@ -477,21 +472,6 @@ def test_settings_built_directly_read_neither_file_nor_environment(tmp_path, mon
     settings = Settings()
     assert settings.server.port == 8000
     assert settings.upstream.api_key is None
-
-
-def test_unknown_section_in_the_environment_is_refused_by_name():
-    with pytest.raises(ConfigError) as info:
-        load_settings(os.devnull, environ={"GATEWAY_SERVR__PORT": "1"})
-    assert "servr:" in str(info.value)
-    assert "GATEWAY_SERVR__PORT" in str(info.value)
-
-
-def test_a_section_variable_that_is_not_json_names_the_variable():
-    name = "GATEWAY_UPSTREAM__TIMEOUTS"
-    with pytest.raises(ConfigError) as info:
-        load_settings(os.devnull, environ={name: '{"idle": 3'})
-    assert "upstream.timeouts:" in str(info.value)
-    assert name in str(info.value)
 
 
 # --- the README's reference ------------------------------------------------------------
