@@ -56,7 +56,7 @@ class _Section(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _complete(cls, data: Any, info: ValidationInfo) -> Any:
+    def _with_sections_and_secrets(cls, data: Any, info: ValidationInfo) -> Any:
         """Sub-sections left out or empty (every key commented out) are validated as `{}`,
         so that they too read their secrets: from the variable each `<name>_env` names,
         when `load_settings` passes the environment in the validation context."""
@@ -420,7 +420,7 @@ def load_settings(
     """Build the settings from file, environment and `overrides` (CLI flags, tests).
 
     `overrides` is a nested mapping applied last, e.g. `{"server": {"port": 0}}`.
-    `environ` stands for `os.environ`.
+    `environ` replaces `os.environ` (tests pass their own).
     """
     env = os.environ if environ is None else environ
     chosen = path if path is not None else env.get(CONFIG_ENV)
