@@ -1,21 +1,27 @@
 """Settings: one typed object, loaded once at start.
 
-Precedence, lowest first: defaults below, the YAML file (`--config`, else
-`$GATEWAY_CONFIG`, else `./config.yaml`), then environment variables named
-`GATEWAY_<SECTION>__<KEY>` (nested keys joined by `__`; lists and objects
-written as JSON). The upstream API key is read from the variable that
-`upstream.api_key_env` names and is never accepted from a file.
+Precedence, lowest first: the defaults below, the YAML file (`--config`, else
+`$GATEWAY_CONFIG`, else `./config.yaml`), environment variables named
+`GATEWAY_<SECTION>__<KEY>` (nested keys joined by `__`; lists, mappings and
+whole sections written as JSON), then the `overrides` of `load_settings` (CLI
+flags, tests). pydantic-settings reads the file and the environment.
 
-Nothing else in the gateway reads the environment.
+Secrets follow one rule: a field `x` beside a field `x_env` (`upstream.api_key`,
+`auth.token_secret`, `auth.jwt.secret`, a route's `api_key`) is read from the
+environment variable that `x_env` names, and never from the file.
+
+Each setting's docstring is its line in the README's configuration reference:
+`reference()` renders that table, and tests/test_config.py keeps the two equal.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -25,10 +31,18 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
 
-__all__ = ["ConfigError", "Settings", "config_file", "load_settings"]
+__all__ = ["ConfigError", "Settings", "config_file", "load_settings", "reference"]
 
 ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -38,113 +52,156 @@ Seconds = float
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _with_sections_and_secrets(cls, data: Any, info: ValidationInfo) -> Any:
+        """Sub-sections left out or empty (every key commented out) are validated as `{}`,
+        so that they too read their secrets: from the variable each `<name>_env` names,
+        when `load_settings` passes the environment in the validation context."""
+        if not isinstance(data, Mapping):
+            return data  # validation names the key
+        data = dict(data)  # never fill the caller's overrides
+        for name, field in cls.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, _Section):
+                data[name] = {} if data.get(name) is None else data[name]
+        context = info.context if isinstance(info.context, Mapping) else {}
+        environ: Mapping[str, str] = context.get("environ", {})
+        for name in _secrets(cls):
+            variable = str(data.get(f"{name}_env", cls.model_fields[f"{name}_env"].default))
+            if data.get(name) is None and environ.get(variable):
+                data[name] = environ[variable]
+        return data
+
+
+def _secrets(model: type[BaseModel]) -> list[str]:
+    """The fields of `model` read from the environment: `x` where there is an `x_env`."""
+    return [name for name in model.model_fields if f"{name}_env" in model.model_fields]
 
 
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
+    """address to listen on"""
     port: int = Field(default=8000, ge=0, le=65535)
-    #: On shutdown, how long running streams may finish before they are cut.
+    """port to listen on"""
     drain_timeout: Seconds = Field(default=10.0, ge=0)
-    #: Peers (addresses or networks) whose `X-Forwarded-For` / `X-Forwarded-Proto` are
-    #: believed; the client address of anyone else is the connection's own. The default
-    #: trusts a proxy on this machine (nginx); `[]` trusts none.
+    """on SIGTERM, how long running generations may finish before they end with
+    `error: shutdown` (docs/deploy.md)"""
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
-    #: A connection must send a request's head within this long of opening (or of its
-    #: previous response), and its body within `body_timeout` of the head: else 408.
+    """peers (addresses or networks) whose `X-Forwarded-For` / `X-Forwarded-Proto` are
+    believed; the client address of anyone else is the connection's own. The default
+    trusts a proxy on this machine (nginx), and the start-up line says so; `[]` trusts
+    none (docs/security.md)"""
     header_timeout: Seconds = Field(default=10.0, gt=0)
+    """a connection must send a request's head within this long of opening (or of its
+    previous response): else 408 and closed"""
     body_timeout: Seconds = Field(default=30.0, gt=0)
-    #: Largest request head (request line and headers); 431 above.
+    """a request's body must arrive within this long of its head: else 408 and closed"""
     max_header_bytes: int = Field(default=32_768, ge=1024)
-    #: Open connections (and requests in progress) beyond this get 503; null: no limit.
+    """largest request head, request line and headers (431 above)"""
     max_connections: int | None = Field(default=4096, gt=0)
-    #: New streams get 503, and `/readyz` fails, while fewer file descriptors than this
-    #: are free (a stream holds two or three).
+    """open connections (and requests in progress) beyond this get 503 (uvicorn's
+    `limit_concurrency`); `null` = no limit"""
     fd_reserve: int = Field(default=64, ge=0)
+    """new streams get 503, and `/readyz` fails, while fewer file descriptors than this
+    are free; a stream holds two or three (docs/deploy.md)"""
 
 
 class UpstreamTimeouts(_Section):
-    #: TCP connect to the upstream.
     connect: Seconds = Field(default=5.0, gt=0)
-    #: From the request to the first content token (models may think first).
+    """TCP connect to the upstream"""
     first_token: Seconds = Field(default=60.0, gt=0)
-    #: Largest silence between chunks once tokens flow.
+    """from the request to the first content token (models may think first)"""
     idle: Seconds = Field(default=30.0, gt=0)
-    #: Whole generation, retries included.
+    """largest silence between chunks once tokens flow"""
     total: Seconds = Field(default=600.0, gt=0)
+    """all of one upstream's attempts at an answer, the waits between its retries
+    included; the next upstream of a route starts a `total` of its own"""
 
 
 class UpstreamSettings(_Section):
-    #: OpenAI-compatible base URL; null means the built-in simulator of this process.
     base_url: str | None = None
+    """OpenAI-compatible base URL; `null` = the built-in simulator at `/simulator/v1` of
+    this process"""
     api_key_env: str = "OPENAI_API_KEY"
-    #: Filled from the environment variable `api_key_env` by `load_settings`.
+    """the environment variable holding the upstream's API key (never read from a file)"""
     api_key: SecretStr | None = Field(default=None, exclude=True)
     model: str = "sim-1"
-    #: Attempts after the first, only before the first token is relayed.
+    """model used when a request names none"""
     retries: int = Field(default=2, ge=0, le=10)
-    #: Longest wait before a retry; a larger upstream Retry-After is not retried.
+    """retries of a retryable failure, only before the first token is relayed"""
     max_retry_wait: Seconds = Field(default=10.0, ge=0)
+    """longest wait before a retry; a longer upstream `Retry-After` is not retried"""
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
-    #: Its label in logs and metrics; null: the host of `base_url` (`simulator` for null).
     name: str | None = Field(default=None, min_length=1, max_length=64)
+    """the upstream's label in logs and metrics; `null` = the host of `base_url`
+    (`simulator` when that is null)"""
 
 
 class RouteUpstream(UpstreamSettings):
     """One upstream of a route in `routes`: `model` is the name the upstream knows."""
 
-    #: In a route a failure moves on to the next upstream rather than retrying the same.
     retries: int = Field(default=0, ge=0, le=10)
+    """in a route a failure moves on to the next upstream rather than retrying the same"""
 
 
 class SSESettings(_Section):
-    #: Comment sent when nothing else was sent for this long.
     heartbeat: Seconds = Field(default=15.0, gt=0)
-    #: Reconnection delay advertised to EventSource clients.
+    """a `: ping` comment after this much silence"""
     retry_ms: int = Field(default=2000, ge=0)
-    #: A client that does not take a write within this time is dropped.
+    """reconnection delay advertised to EventSource clients"""
     send_timeout: Seconds = Field(default=10.0, gt=0)
-    #: Deltas arriving within this many milliseconds go out as one `token` event
-    #: (0: off). The first token is never delayed.
+    """a client that does not take a write within this long is dropped"""
     coalesce_ms: int = Field(default=0, ge=0, le=1000)
+    """token deltas arriving within this many milliseconds go out as one `token` event
+    (0 = off; the first token is never delayed)"""
 
 
 class StreamSettings(_Section):
-    #: `memory` (one process) or `redis` (several instances share streams; see `redis`).
     store: Literal["memory", "redis"] = "memory"
-    #: How long a generation runs on with nobody reading before it is cancelled.
+    """where stream events live: `memory` (one process) or `redis` (several instances
+    share streams; docs/deploy.md)"""
     disconnect_grace: Seconds = Field(default=30.0, ge=0)
-    #: How long a finished stream stays available for replay.
+    """how long a generation runs on with nobody reading before it is cancelled"""
     retention: Seconds = Field(default=300.0, ge=0)
-    #: Events kept per stream; older ones are dropped (and cannot be replayed).
+    """how long a finished stream can still be replayed"""
     max_events: int = Field(default=10_000, ge=2)
-    #: How long generations and readers wait for an unreachable store to come back
-    #: before they give up with `store_unavailable`.
+    """events kept per stream; older ones are dropped and cannot be replayed"""
     store_outage: Seconds = Field(default=30.0, gt=0)
+    """how long generations and readers wait for an unreachable store to come back
+    before they give up with `store_unavailable`"""
 
 
 class RedisSettings(_Section):
     """Used when `streams.store` is `redis`."""
 
     url: str = "redis://127.0.0.1:6379/0"
-    #: An instance that generates a stream renews its lease this often (a third
-    #: of it); readers elsewhere report `generation_lost` once it has expired.
+    """the Redis of `streams.store: redis`"""
     lease_ttl: Seconds = Field(default=5.0, gt=0)
+    """an instance that generates a stream renews its lease every third of this; readers
+    elsewhere report `generation_lost` once it has expired"""
 
 
 class LimitSettings(_Section):
     max_body_bytes: int = Field(default=1_000_000, gt=0)
+    """request body limit (413 above)"""
     max_messages: int = Field(default=256, gt=0)
-    #: Characters in one message's `content`.
+    """messages per request (422 above)"""
     max_message_chars: int = Field(default=200_000, gt=0)
+    """characters in one message's `content` (422 above)"""
     max_concurrent_streams: int = Field(default=1000, gt=0)
-    #: Per caller (see `auth`); null: no limit.
+    """running generations (503 above)"""
     requests_per_minute: int | None = Field(default=None, gt=0)
+    """write requests per caller (see `auth`) per minute (429 above); `null` = no limit"""
     concurrent_streams_per_identity: int | None = Field(default=None, gt=0)
-    #: A larger `max_tokens` in a request is refused (422), not clamped; null: no limit.
+    """running streams per caller (429 above); `null` = no limit"""
     max_tokens: int | None = Field(default=None, gt=0)
-    #: Models a request may name (the default `upstream.model` always works); null: any.
+    """a request's `max_tokens` above this is refused (422), not clamped; `null` = no
+    limit"""
     allowed_models: list[str] | None = None
+    """models a request may name (400 `model_not_allowed` otherwise; the default
+    `upstream.model` always works); `null` = any"""
 
 
 JWTAlgorithm = Literal[
@@ -157,20 +214,22 @@ KeyDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lo
 class JWTSettings(_Section):
     """Used when `auth.mode` is `jwt`."""
 
-    #: The environment variable holding the HS256/384/512 secret.
     secret_env: str = "SSE_GATEWAY_JWT_SECRET"
-    #: Filled from `secret_env` by `load_settings`.
+    """the environment variable holding the HS256/384/512 secret (at least 32 bytes)"""
     secret: SecretStr | None = Field(default=None, exclude=True)
-    #: Either HMAC (`HS*`) or public-key algorithms, not both: a key is never tried
-    #: with an algorithm of the other family.
     algorithms: list[JWTAlgorithm] = Field(default=["HS256"], min_length=1)
-    #: PEM public key for RS/PS/ES/EdDSA; or a JWKS file (keys picked by `kid`).
+    """accepted algorithms: HMAC (`HS*`) ones or public-key ones, not both, so a key is
+    never tried with an algorithm of the other family"""
     public_key_file: str | None = None
+    """PEM public key for RS/PS/ES/EdDSA algorithms"""
     jwks_file: str | None = None
+    """a JWKS file instead (keys chosen by `kid`)"""
     audience: str | None = None
+    """required `aud` (tokens with an `aud` are refused while this is null)"""
     issuer: str | None = None
-    #: Clock skew allowed on `exp` and `nbf`.
+    """required `iss`"""
     leeway: Seconds = Field(default=10.0, ge=0, le=300)
+    """clock skew allowed on `exp` and `nbf`"""
 
     @property
     def hmac(self) -> bool:
@@ -186,16 +245,17 @@ class JWTSettings(_Section):
 
 
 class AuthSettings(_Section):
-    #: `none` (the caller is its address), `api_key` or `jwt`; see docs/security.md.
     mode: Literal["none", "api_key", "jwt"] = "none"
-    #: SHA-256 hex digests of the accepted keys (`sse-gateway hash-key KEY`).
+    """`none` (callers known by address; open), `api_key` or `jwt` (docs/security.md)"""
     api_keys: list[KeyDigest] = []
+    """SHA-256 hex digests of the accepted keys (`sse-gateway hash-key KEY`)"""
     jwt: JWTSettings = JWTSettings()
-    #: Life of the token in an `events_url` (reconnects must happen within it).
     stream_token_ttl: Seconds = Field(default=600.0, gt=0)
-    #: The environment variable holding the key that signs events URL tokens; every
-    #: instance behind one load balancer needs the same. Unset: a random key per process.
+    """life of the token in an `events_url` (EventSource reconnects must come within
+    it)"""
     token_secret_env: str = "SSE_GATEWAY_TOKEN_SECRET"
+    """the environment variable holding the key that signs events URL tokens; every
+    instance behind one load balancer needs the same (unset = random per process)"""
     token_secret: SecretStr | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
@@ -211,11 +271,11 @@ class AuthSettings(_Section):
 
 
 class CORSSettings(_Section):
-    #: Origins (`https://app.example`) whose pages may call the gateway; `*` for any.
-    #: Empty: same-origin only.
     allowed_origins: list[str] = []
-    #: Let those pages send cookies or HTTP auth (never with `*`).
+    """origins (`https://app.example`) whose pages may call the gateway (`*` for any);
+    empty = same origin only"""
     allow_credentials: bool = False
+    """let those pages send cookies or HTTP auth (never with `*`)"""
 
     @model_validator(mode="after")
     def _no_wildcard_credentials(self) -> CORSSettings:
@@ -225,51 +285,62 @@ class CORSSettings(_Section):
 
 
 class SimulatorSettings(_Section):
-    #: Serve the simulator at /simulator in the gateway's own process; null: only when an
-    #: upstream uses it (`base_url: null`). With `auth.mode` other than `none` only the
-    #: gateway itself can call it.
     enabled: bool | None = None
-    #: Tokens per answer and delay per token when a request does not choose.
+    """serve the simulator at `/simulator` in the gateway's own process; `null` = only
+    while an upstream uses it (`base_url: null`); with `auth.mode` other than `none` it
+    answers only the gateway itself (docs/simulator.md)"""
     tokens: int = Field(default=48, ge=0)
+    """answer length when a request does not choose"""
     token_delay: Seconds = Field(default=0.04, ge=0)
-    #: Hard caps on what one request's directive may ask for (400 above), so that no
-    #: request can hold the event loop or the memory: tokens, characters per token
-    #: (`size`), characters in the whole answer, and the pause before each token.
+    """pause before each token when a request does not choose"""
     max_tokens: int = Field(default=100_000, gt=0)
+    """most tokens one request's directive may ask for (400 above): these caps keep any
+    request from holding the event loop or the memory"""
     max_size: int = Field(default=100_000, gt=0)
+    """most characters per token (`size=`)"""
     max_answer_chars: int = Field(default=16_000_000, gt=0)
+    """most characters in one answer (tokens times size)"""
     max_token_delay: Seconds = Field(default=60.0, ge=0)
+    """longest pause before each token (`delay_ms=`)"""
 
 
 class WebSettings(_Section):
-    #: Serve the browser frontend at `/`.
     enabled: bool = True
-    #: Its directory; null means the `web/` folder that ships with the gateway.
+    """serve the browser frontend at `/`"""
     directory: str | None = None
+    """its folder; `null` = the `web/` that ships with the gateway"""
 
 
 class MetricsSettings(_Section):
-    #: Serve Prometheus metrics at `/metrics`.
     enabled: bool = True
-    #: Serve `/metrics` on this port only, not on the gateway's; null: the gateway's port.
+    """serve Prometheus metrics at `/metrics` (docs/observability.md)"""
     port: int | None = Field(default=None, ge=0, le=65535)
-    #: Address of that port; null: `server.host`.
+    """serve `/metrics` on this port only, not on the gateway's; `null` = the gateway's
+    port"""
     host: str | None = None
-    #: For `uvicorn --workers N`: an empty directory all workers write their metrics to,
-    #: so `/metrics` adds them up. Empty it before each start.
+    """address of `metrics.port`; `null` = `server.host`"""
     multiprocess_dir: str | None = None
+    """with `uvicorn --workers N`: an empty directory all workers write their metrics
+    to, so `/metrics` adds them up; empty it before each start"""
 
 
 class LoggingSettings(_Section):
-    #: `console`: readable lines; `json`: one JSON object per line.
     format: Literal["console", "json"] = "console"
-    #: Log each stream's prompt and completion (in its `stream finished` line).
+    """`console` (readable lines) or `json` (one JSON object per line)"""
     content: bool = False
+    """log each stream's prompt and completion (in its `stream finished` line)"""
 
 
 class Settings(_Section):
+    """The whole configuration. `Settings(...)` is what it is given; `load_settings`
+    reads the file and the environment."""
+
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
+    routes: dict[str, list[RouteUpstream]] = {}
+    """model name → list of upstreams (each with the keys of `upstream`; `retries`
+    defaults to 0), tried in order before the first token; `upstream` stays the route
+    of `upstream.model` and of requests that name no model (docs/openai.md)"""
     sse: SSESettings = SSESettings()
     streams: StreamSettings = StreamSettings()
     redis: RedisSettings = RedisSettings()
@@ -280,8 +351,6 @@ class Settings(_Section):
     web: WebSettings = WebSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
-    #: Model name clients ask for -> the upstreams that serve it, tried in order.
-    routes: dict[str, list[RouteUpstream]] = {}
 
     @model_validator(mode="after")
     def _simulator_served(self) -> Settings:
@@ -331,6 +400,14 @@ class Settings(_Section):
         return f"http://{host}:{self.server.port}/simulator/v1"
 
 
+class _Sources(BaseSettings, Settings):
+    """`Settings` as pydantic-settings' sources see it: its fields, and where in the
+    environment they are. Never built: the merged values are validated as `Settings`,
+    with the environment in the context for the secrets."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__")
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key."""
 
@@ -343,57 +420,19 @@ def load_settings(
     """Build the settings from file, environment and `overrides` (CLI flags, tests).
 
     `overrides` is a nested mapping applied last, e.g. `{"server": {"port": 0}}`.
+    `environ` replaces `os.environ` (tests pass their own).
     """
     env = os.environ if environ is None else environ
     chosen = path if path is not None else env.get(CONFIG_ENV)
-    data = _read_file(Path(chosen) if chosen else Path(DEFAULT_CONFIG_FILE), required=bool(chosen))
-    for section, value in data.items():
-        if value is None:
-            data[section] = {}  # every key of the section commented out
-        elif not isinstance(value, dict):
-            raise ConfigError(f"{section}: must be a mapping of keys")
-    if "api_key" in data.get("upstream", {}):
-        raise ConfigError(
-            "upstream.api_key: secrets are not read from files; "
-            "put the key in the environment variable named by upstream.api_key_env"
-        )
-    for secret in _AUTH_SECRETS:
-        if _get(data, secret) is not None:
-            where = ".".join(secret)
-            raise ConfigError(
-                f"{where}: secrets are not read from files; "
-                f"put it in the environment variable named by {where}_env"
-            )
-    sources: dict[tuple[str, ...], str] = {}
-    for name, value in env.items():
-        if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
-            keys = tuple(name[len(ENV_PREFIX) :].lower().split("__"))
-            _set(data, keys, _env_value(value), name)
-            sources[keys] = name
-    _merge(data, overrides or {})
-    upstream = data.setdefault("upstream", {})
-    if not isinstance(upstream, dict):
-        raise ConfigError("upstream: must be a mapping of keys")
-    _fill_api_key(upstream, env)
-    routes: dict[str, Any] = data["routes"] if isinstance(data.get("routes"), dict) else {}
-    for name, targets in list(routes.items()):
-        if not isinstance(targets, list):
-            continue  # validation names the problem
-        copies = [dict(target) if isinstance(target, dict) else target for target in targets]
-        routes[name] = copies  # never fill keys into the caller's overrides
-        for target in copies:
-            if isinstance(target, dict):
-                if "api_key" in target:
-                    raise ConfigError(
-                        f"routes.{name}: secrets are not read from files; "
-                        "name the environment variable with api_key_env"
-                    )
-                _fill_api_key(target, env)
-    _fill_auth_secrets(data, env)
+    data = _merged(
+        _from_file(Path(chosen) if chosen else Path(DEFAULT_CONFIG_FILE), required=bool(chosen)),
+        _from_environment(env),
+        overrides or {},
+    )
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(data, context={"environ": env})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, sources)) from None
+        raise ConfigError(_described(exc, _variables(env))) from None
 
 
 def config_file(
@@ -409,96 +448,134 @@ def config_file(
     return default if default.exists() else None
 
 
-def _fill_api_key(upstream: dict[str, Any], env: Mapping[str, str]) -> None:
-    """The key from the environment variable that `api_key_env` names."""
-    key_env = str(upstream.get("api_key_env", UpstreamSettings().api_key_env))
-    if upstream.get("api_key") is None and env.get(key_env):
-        upstream["api_key"] = env[key_env]
-
-
-#: Auth secrets, each read from the environment variable its `<key>_env` names.
-_AUTH_SECRETS: dict[tuple[str, ...], str] = {
-    ("auth", "token_secret"): AuthSettings().token_secret_env,
-    ("auth", "jwt", "secret"): JWTSettings().secret_env,
-}
-
-
-def _fill_auth_secrets(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for path, default_env in _AUTH_SECRETS.items():
-        section: Any = data
-        for name in path[:-1]:
-            if isinstance(section, dict):  # copies: never fill the caller's overrides
-                child = section.get(name, {})
-                section[name] = dict(child) if isinstance(child, Mapping) else child
-                section = section[name]
-        if isinstance(section, dict):  # else validation names the key
-            key = path[-1]
-            variable = str(section.get(f"{key}_env", default_env))
-            if section.get(key) is None and env.get(variable):
-                section[key] = env[variable]
-
-
-def _get(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = data
-    for key in path:
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key)
-    return node
-
-
-def _read_file(path: Path, *, required: bool) -> dict[str, Any]:
+def _from_file(path: Path, *, required: bool) -> dict[str, Any]:
     if not path.exists():
         if required:
             raise ConfigError(f"config file not found: {path}")
         return {}
+    if path.is_dir():
+        raise ConfigError(f"cannot read {path}: it is a directory")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = YamlConfigSettingsSource(_Sources, yaml_file=path)()
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return loaded
+    except (AttributeError, TypeError, ValueError):  # a top level that is no mapping
+        raise ConfigError(f"{path}: the top level must be a mapping of sections") from None
+    for key in _secret_keys(Settings, data):
+        raise ConfigError(
+            f"{key}: secrets are not read from files; "
+            f"put it in the environment variable named by {key}_env"
+        )
+    return data
 
 
-def _env_value(value: str) -> Any:
-    """Lists and objects come as JSON; scalars stay strings for pydantic to coerce."""
-    if value.lstrip().startswith(("[", "{")):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
+def _secret_keys(annotation: Any, value: Any, where: tuple[str, ...] = ()) -> Iterator[str]:
+    """The dotted keys under `value`, read from a file as `annotation`, that hold a secret."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if isinstance(value, Mapping):
+            for name, field in annotation.model_fields.items():
+                if name in value and name in _secrets(annotation):
+                    yield ".".join((*where, name))
+                elif name in value:
+                    yield from _secret_keys(field.annotation, value[name], (*where, name))
+    elif get_origin(annotation) is dict and isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _secret_keys(get_args(annotation)[1], item, (*where, str(key)))
+    elif get_origin(annotation) is list and isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _secret_keys(get_args(annotation)[0], item, (*where, str(index)))
 
 
-def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any, source: str) -> None:
-    node = data
-    for depth, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            dotted = ".".join(keys[: depth + 1])
-            raise ConfigError(f"{dotted}: is not a section, so {source} cannot set a key in it")
-        node = child
-    node[keys[-1]] = value
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' `GATEWAY_*` source over the mapping `load_settings` is given."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(_Sources)
+        self.env_vars = {name.lower(): value for name, value in environ.items()}
 
 
-def _merge(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
-            _merge(data[key], value)
-        else:
-            data[key] = dict(value) if isinstance(value, Mapping) else value
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        data = _Environment(environ)()
+    except SettingsError:  # a JSON value that does not parse
+        lines = ["invalid configuration:"]
+        for keys, name in _variables(environ).items():
+            value = environ[name]
+            if value.lstrip().startswith(("[", "{")) and not _is_json(value):
+                lines.append(f"  {'.'.join(keys)}: not valid JSON (from {name})")
+        raise ConfigError("\n".join(lines)) from None
+    for keys, name in _variables(environ).items():
+        if keys[0] not in Settings.model_fields:  # unknown: refused by name, as in a file
+            data[keys[0]] = environ[name]
+    return data
 
 
-def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> str:
+def _variables(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """The `GATEWAY_*` variables by the keys they set: `("server", "port")`."""
+    return {
+        tuple(name[len(ENV_PREFIX) :].lower().split("__")): name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() != CONFIG_ENV
+    }
+
+
+def _is_json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _merged(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """The layers merged key by key, each over the ones before it; mappings merge,
+    anything else (lists too) is replaced."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            below = merged.get(key)
+            if isinstance(value, Mapping) and isinstance(below, Mapping):
+                merged[key] = _merged(below, value)
+            else:
+                merged[key] = dict(value) if isinstance(value, Mapping) else value
+    return merged
+
+
+def _described(exc: ValidationError, variables: Mapping[tuple[str, ...], str]) -> str:
+    """One line per error: its dotted key, and the variables that set it or keys in it."""
     lines = ["invalid configuration:"]
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"])
-        source = next(
-            (sources[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in sources), None
-        )
-        where = f" (from {source})" if source else ""
+        above = [name for keys, name in variables.items() if loc[: len(keys)] == keys]
+        below = [name for keys, name in variables.items() if loc and keys[: len(loc)] == loc]
+        sources = above or below
+        where = f" (from {', '.join(sources)})" if sources else ""
         lines.append(f"  {'.'.join(loc)}: {error['msg']}{where}")
     return "\n".join(lines)
+
+
+def reference() -> str:
+    """The README's configuration table: every setting, its default and its docstring."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, field in _settings_of(Settings):
+        meaning = " ".join((field.description or "").split())
+        meaning = re.sub(r"\b(docs/[\w-]+\.md)", r"[\1](\1)", meaning)
+        lines.append(f"| `{key}` | `{_shown(field.get_default())}` | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def _settings_of(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue  # a secret: documented by its `_env`
+        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section):
+            yield from _settings_of(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def _shown(value: Any) -> str:
+    """A default as YAML-ish text: `null`, `true`, `10` (for 10.0), `["HS256"]`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from gateway import ConfigError, Settings, load_settings
+from gateway.config import reference
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-DO-NOT-LEAK-4f9a2b7c"
@@ -222,11 +224,15 @@ def test_env_json_object_value():
 
 
 def test_env_json_list_value_is_parsed_as_a_list():
-    # Parsed as JSON, a list is not a valid host: proof it was not taken as a string.
-    with pytest.raises(ConfigError) as info:
-        load_settings(os.devnull, environ={"GATEWAY_SERVER__HOST": '["a", "b"]'})
-    assert "server.host:" in str(info.value)
-    assert "GATEWAY_SERVER__HOST" in str(info.value)
+    settings = load_settings(
+        os.devnull,
+        environ={
+            "GATEWAY_SERVER__TRUSTED_PROXIES": '["10.0.0.1", "10.0.0.2"]',
+            "GATEWAY_LIMITS__ALLOWED_MODELS": '["a"]',
+        },
+    )
+    assert settings.server.trusted_proxies == ["10.0.0.1", "10.0.0.2"]
+    assert settings.limits.allowed_models == ["a"]
 
 
 def test_env_value_that_only_looks_like_json_stays_a_string():
@@ -242,6 +248,9 @@ def test_env_value_that_only_looks_like_json_stays_a_string():
         ("GATEWAY_SERVER__PORT", "-1", "server.port"),
         ("GATEWAY_UPSTREAM__RETRIES", "1.5", "upstream.retries"),
         ("GATEWAY_SERVER__NOPE", "1", "server.nope"),
+        ("GATEWAY_SERVR__PORT", "1", "servr"),
+        ("GATEWAY_SERVER__TRUSTED_PROXIES", '["10.0.0.1"', "server.trusted_proxies"),
+        ("GATEWAY_UPSTREAM__TIMEOUTS", '{"idle": 3', "upstream.timeouts"),
     ],
 )
 def test_invalid_env_value_names_the_variable_and_key(name, value, key):
@@ -385,6 +394,106 @@ def test_api_key_never_appears_in_config_errors():
         load_settings(os.devnull, environ={"OPENAI_API_KEY": SECRET, "GATEWAY_SERVER__PORT": "bad"})
     assert "server.port" in str(info.value)
     assert SECRET not in str(info.value)
+
+
+# --- one rule for every secret ------------------------------------------------------
+
+#: Each secret, the file that names its variable, and the default variable.
+SECRETS = [
+    ("upstream.api_key", "upstream:\n  api_key_env: MY_VAR\n", "OPENAI_API_KEY"),
+    ("auth.token_secret", "auth:\n  token_secret_env: MY_VAR\n", "SSE_GATEWAY_TOKEN_SECRET"),
+    ("auth.jwt.secret", "auth:\n  jwt:\n    secret_env: MY_VAR\n", "SSE_GATEWAY_JWT_SECRET"),
+    (
+        "routes.m.0.api_key",
+        "routes:\n  m:\n    - {base_url: 'http://a/v1', api_key_env: MY_VAR}\n",
+        "OPENAI_API_KEY",
+    ),
+]
+LONG_SECRET = "s" * 40  # the JWT secret needs 32 bytes
+
+
+def secret_of(settings: Settings, dotted: str) -> str | None:
+    """The secret at a dotted key such as `routes.m.0.api_key`, or None."""
+    node: Any = settings
+    for part in dotted.split("."):
+        if isinstance(node, dict):
+            node = node[part]
+        elif isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = getattr(node, part)
+    return None if node is None else node.get_secret_value()
+
+
+@pytest.mark.parametrize(("key", "text", "default"), SECRETS)
+def test_each_secret_comes_from_the_variable_its_env_key_names(tmp_path, key, text, default):
+    path = write(tmp_path, text)
+    settings = load_settings(path, environ={"MY_VAR": LONG_SECRET, default: "t" * 40})
+    assert secret_of(settings, key) == LONG_SECRET
+    assert secret_of(load_settings(path, environ={default: "t" * 40}), key) is None
+
+
+@pytest.mark.parametrize(("key", "text", "default"), SECRETS)
+def test_each_secret_has_a_default_variable(key, text, default):
+    if key.startswith("routes."):
+        overrides = {"routes": {"m": [{"base_url": "http://a/v1"}]}}
+    else:
+        overrides = {}
+    settings = load_settings(os.devnull, environ={default: LONG_SECRET}, overrides=overrides)
+    assert secret_of(settings, key) == LONG_SECRET
+
+
+@pytest.mark.parametrize(("key", "text", "default"), SECRETS)
+def test_each_secret_in_a_file_is_refused_by_its_key(tmp_path, key, text, default):
+    name = key.rsplit(".", 1)[1]
+    path = write(tmp_path, text.replace(f"{name}_env: MY_VAR", f"{name}: {LONG_SECRET}"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={default: "t" * 40})
+    assert f"{key}: secrets are not read from files" in str(info.value)
+    assert LONG_SECRET not in str(info.value)
+
+
+def test_a_secret_given_in_overrides_is_kept_and_the_overrides_are_not_changed():
+    overrides = {"upstream": {"api_key": "sk-given"}, "auth": {"jwt": {"leeway": 1}}}
+    copy = {"upstream": {"api_key": "sk-given"}, "auth": {"jwt": {"leeway": 1}}}
+    env = {"OPENAI_API_KEY": SECRET, "SSE_GATEWAY_JWT_SECRET": LONG_SECRET}
+    settings = load_settings(os.devnull, environ=env, overrides=overrides)
+    assert settings.upstream.api_key is not None
+    assert settings.upstream.api_key.get_secret_value() == "sk-given"
+    assert settings.auth.jwt.secret is not None
+    assert overrides == copy
+
+
+def test_settings_built_directly_read_neither_file_nor_environment(tmp_path, monkeypatch):
+    write(tmp_path, "server:\n  port: 9999\n", name="config.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("GATEWAY_SERVER__PORT", "9998")
+    settings = Settings()
+    assert settings.server.port == 8000
+    assert settings.upstream.api_key is None
+
+
+# --- the README's reference ------------------------------------------------------------
+
+
+def test_readme_configuration_reference_is_the_settings_model():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    begin = readme.index("<!-- config reference:")
+    table = readme[readme.index("-->", begin) + 3 : readme.index("<!-- end of config reference")]
+    assert table.strip() == reference().strip(), (
+        "README.md's configuration table differs from gateway/config.py: paste the output "
+        "of `python -c 'import gateway.config as c; print(c.reference())'`"
+    )
+
+
+def test_reference_has_every_setting_with_a_meaning_and_no_secret():
+    rows = [line.split(" | ") for line in reference().splitlines()[2:]]
+    keys = [row[0].strip("| `") for row in rows]
+    assert len(keys) == len(set(keys))
+    assert {"server.port", "upstream.timeouts.total", "routes", "auth.jwt.secret_env"} <= set(keys)
+    assert not {"upstream.api_key", "auth.token_secret", "auth.jwt.secret"} & set(keys)
+    assert all(row[2].strip(" |") for row in rows), "a setting without a docstring"
 
 
 # --- the command line ----------------------------------------------------------

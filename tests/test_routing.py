@@ -234,7 +234,9 @@ def test_routes_load_from_yaml_with_keys_from_the_environment(tmp_path):
 def test_route_keys_are_never_read_from_files(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("routes:\n  m:\n    - base_url: http://a/v1\n      api_key: sk-x\n")
-    with pytest.raises(ConfigError, match=r"routes\.m: secrets are not read from files"):
+    with pytest.raises(
+        ConfigError, match=r"routes\.m\.0\.api_key: secrets are not read from files"
+    ):
         load_settings(path, environ={})
 
 
