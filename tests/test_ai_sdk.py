@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GatewayServer, marker, wait_until
-from tests.deploy import Nginx, gateways
-from tests.test_redis_store import redis_settings
+from tests.helpers import GatewayServer, marker, redis_settings, wait_until
+from tests.helpers_deploy import Nginx, gateways
 
 pytestmark = pytest.mark.stores("memory", "redis")
 

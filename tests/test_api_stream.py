@@ -12,7 +12,7 @@ import httpx_sse
 import pytest
 
 from gateway import create_app
-from tests.conftest import create, marker, read_events, run_server, test_settings, text_of
+from tests.helpers import create, marker, read_events, run_server, test_settings, text_of
 
 TEXT = 'Plain\ttext\r\nwith data: lines\nevent: x\n\n: and 😀👩🏽‍💻 漢字 עברית "quotes" \\ end'
 

@@ -26,8 +26,7 @@ from gateway import logs
 from gateway.auth import hash_key, startup_warnings
 from gateway.cli import main
 from gateway.config import ConfigError, load_settings
-
-from .conftest import marker, read_events, test_settings, text_of, wait_until
+from tests.helpers import marker, read_events, test_settings, text_of, wait_until
 
 ALICE, BOB = "alice-key-0f3b9c2e", "bob-key-77d1a04e"
 API_KEYS = {"auth": {"mode": "api_key", "api_keys": [hash_key(ALICE), hash_key(BOB)]}}

@@ -17,8 +17,8 @@ import openai
 
 from gateway import __version__, create_app
 from gateway.cli import main
-from tests.conftest import create, free_port, read_events, run_server, test_settings, text_of
-from tests.deploy import terminate, wait_http
+from tests.helpers import create, free_port, read_events, run_server, test_settings, text_of
+from tests.helpers_deploy import terminate, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 

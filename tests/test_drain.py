@@ -11,9 +11,8 @@ import time
 import httpx
 import httpx_sse
 
-from tests.conftest import TIMEOUT, marker
-from tests.deploy import GatewayProcess, Nginx, gateways
-from tests.test_redis_store import echo, redis_settings
+from tests.helpers import TIMEOUT, echo, marker, redis_settings
+from tests.helpers_deploy import GatewayProcess, Nginx, gateways
 
 
 def memory_settings(simulator) -> dict:

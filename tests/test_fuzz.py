@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 
 from gateway import create_app
 from gateway.auth import hash_key
-
-from .conftest import TIMEOUT, marker, run_server, test_settings
+from tests.helpers import TIMEOUT, marker, run_server, test_settings
 
 KEY = "fuzz-key-3c9d"
 MAX_BODY = 20_000

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway import create_app
-from tests.conftest import marker, run_server, test_settings, wait_until
+from tests.helpers import marker, run_server, test_settings, wait_until
 
 MAX_BODY = 2000
 MAX_MESSAGES = 4

@@ -13,8 +13,7 @@ from redis import Redis
 
 from gateway.auth import Identity, hash_key
 from gateway.limits import _key
-
-from .conftest import marker, read_events
+from tests.helpers import marker, read_events
 
 pytestmark = pytest.mark.stores("memory", "redis")
 

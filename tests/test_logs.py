@@ -15,8 +15,8 @@ import httpx
 
 from gateway.config import LoggingSettings
 from gateway.logs import ConsoleFormatter, ContextFilter, JsonFormatter, redact, request_id
-from tests.conftest import TIMEOUT, SimServer, free_port, marker, wait_until
-from tests.deploy import terminate, wait_http
+from tests.helpers import TIMEOUT, SimServer, free_port, marker, wait_until
+from tests.helpers_deploy import terminate, wait_http
 
 API_KEY = "sk-upstream-key-4f1c9e"
 

@@ -15,12 +15,21 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import create_app
 from gateway.config import ConfigError
-from tests.conftest import TIMEOUT, create, free_port, marker, test_settings, wait_until
-from tests.deploy import terminate, wait_http
+from tests.helpers import (
+    TIMEOUT,
+    create,
+    free_port,
+    labelled,
+    marker,
+    scrape,
+    test_settings,
+    value,
+    wait_until,
+)
+from tests.helpers_deploy import terminate, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,28 +39,6 @@ gateway_upstream_time_to_first_token_seconds gateway_inter_token_latency_seconds
 gateway_tokens_total gateway_sent_bytes_total gateway_upstream_requests_total
 gateway_upstream_retries_total gateway_upstream_request_duration_seconds
 gateway_http_requests_total gateway_redis_errors_total""".split()
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(client: httpx.Client, url: str) -> Samples:
-    response = client.get(f"{url}/metrics")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; 0 when the labelled child was never touched."""
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def labelled(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {labels: v for (n, labels), v in samples.items() if n == name and v}
 
 
 def read(client: httpx.Client, events_url: str) -> tuple[int, list[tuple[str, str]]]:

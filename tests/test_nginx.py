@@ -16,17 +16,18 @@ import httpx_sse
 import openai
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     TIMEOUT,
+    WITH_KEYS,
     GatewayServer,
     create,
     marker,
+    own_simulator,
     read_events,
     text_of,
     wait_until,
 )
-from tests.deploy import Nginx, gateways
-from tests.test_simulator import WITH_KEYS, own_simulator
+from tests.helpers_deploy import Nginx, gateways
 
 ACCESS_LOG = Path("/var/log/nginx/sse-gateway.access.log")
 

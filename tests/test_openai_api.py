@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import TIMEOUT, marker, wait_until
+from tests.helpers import TIMEOUT, marker, wait_until
 
 TOOLS = [
     {

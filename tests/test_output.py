@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import create, marker, read_events, text_of
+from tests.helpers import create, marker, read_events, text_of
 
 pytestmark = pytest.mark.stores("memory", "redis")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 
 import gateway
-from tests.conftest import free_port
-from tests.deploy import terminate, wait_http
+from tests.helpers import free_port
+from tests.helpers_deploy import terminate, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,8 +23,8 @@ import httpx
 import httpx_sse
 import pytest
 
-from tests.conftest import GatewayServer, RedisServer, SimServer, marker, running_redis
-from tests.deploy import GatewayProcess
+from tests.helpers import GatewayServer, RedisServer, SimServer, marker, running_redis
+from tests.helpers_deploy import GatewayProcess
 
 LEASE_TTL = 1.0
 #: The Redis client's socket timeout (`redis.lease_ttl / 2 + 5`): a call made

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import httpx_sse
@@ -16,35 +15,22 @@ import pytest
 import redis
 
 from gateway import create_app
-from tests.conftest import (
+from tests.helpers import (
+    LEASE_TTL,
     TIMEOUT,
     RedisServer,
     create,
+    echo,
     marker,
     read_events,
+    redis_settings,
     run_server,
     running_redis,
     test_settings,
     text_of,
     wait_until,
 )
-from tests.deploy import GatewayProcess, Nginx, gateways
-
-LEASE_TTL = 1.0
-
-
-def redis_settings(simulator, redis_server: RedisServer, **extra: Any) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "upstream": {"base_url": simulator.base_url, "timeouts": {"total": 30}},
-        "simulator": {"enabled": False},
-        "web": {"enabled": False},
-        "streams": {"store": "redis"},
-        "redis": {"url": redis_server.url, "lease_ttl": LEASE_TTL},
-        "sse": {"heartbeat": 0.5},
-        "server": {"drain_timeout": 1},
-    }
-    settings.update(extra)
-    return settings
+from tests.helpers_deploy import GatewayProcess, Nginx, gateways
 
 
 @pytest.fixture
@@ -52,12 +38,6 @@ def pair(simulator, redis_server, tmp_path) -> Iterator[list[GatewayProcess]]:
     """Two gateway processes, A and B, sharing one Redis."""
     with gateways(tmp_path, redis_settings(simulator, redis_server), 2) as started:
         yield started
-
-
-def echo(length: int) -> tuple[str, str]:
-    """(content, the text the simulator will answer): 3-character tokens."""
-    text = (marker() + " the quick brown fox jumps over the lazy dog " * 4)[:length]
-    return f"[[sim echo=1 chunk=3 delay_ms=100]]{text}", text
 
 
 def test_resume_on_another_instance_through_nginx_is_exact(client, pair, tmp_path):

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import create_app
-from tests.conftest import (
+from tests.helpers import (
     GatewayServer,
     create,
     marker,

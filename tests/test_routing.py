@@ -14,16 +14,17 @@ import pytest
 from gateway import load_settings
 from gateway.config import ConfigError, SimulatorSettings
 from gateway.simulator import Simulator
-from tests.conftest import (
+from tests.helpers import (
     TIMEOUT,
     SimServer,
     create,
+    labelled,
     marker,
     read_events,
     run_server,
+    scrape,
     text_of,
 )
-from tests.test_metrics import labelled, scrape
 
 
 @pytest.fixture(scope="module")

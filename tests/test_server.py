@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TIMEOUT, marker, wait_until
-from tests.deploy import GatewayProcess
+from tests.helpers import TIMEOUT, marker, wait_until
+from tests.helpers_deploy import GatewayProcess
 
 LIMITS = {"header_timeout": 1, "body_timeout": 1, "max_header_bytes": 8192}
 

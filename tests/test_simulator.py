@@ -6,26 +6,22 @@ The session's simulator answers 8 tokens with no delay unless a request asks.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import httpx_sse
 import openai
 import pytest
-from starlette.applications import Starlette
 
-from gateway import create_app
-from gateway.auth import hash_key
-from tests.conftest import (
+from tests.helpers import (
+    KEY,
     TIMEOUT,
+    WITH_KEYS,
     create,
     marker,
+    own_simulator,
     read_events,
-    run_server,
-    test_settings,
     wait_until,
 )
 
@@ -685,25 +681,6 @@ def test_a_directive_beyond_the_caps_is_refused_before_any_work(sdk, simulator, 
         stream_chunks(sdk, content)
     assert time.monotonic() - started < 5
     assert simulator.sim.requests[-1].prompt != content  # never recorded
-
-
-@contextmanager
-def own_simulator(sim_server, /, **overrides) -> Iterator[tuple[str, Starlette]]:
-    """A gateway whose upstream is its own /simulator (`upstream.base_url: null`)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    settings = {
-        "upstream": {"base_url": None},
-        "server": {"port": sock.getsockname()[1]},
-        "simulator": {"enabled": None},  # served because the upstream uses it
-    }
-    app = create_app(test_settings(sim_server, **{**settings, **overrides}))
-    with run_server(app, sock) as url:
-        yield url, app
-
-
-KEY = "a-client-key"
-WITH_KEYS = {"auth": {"mode": "api_key", "api_keys": [hash_key(KEY)]}}
 
 
 def test_with_auth_on_only_the_gateway_itself_may_call_its_simulator(simulator, client):

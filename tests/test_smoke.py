@@ -1,6 +1,6 @@
 import json
 
-from tests.conftest import create, marker, read_events, text_of
+from tests.helpers import create, marker, read_events, text_of
 
 
 def test_stream_relays_tokens_then_done(client, url, simulator):

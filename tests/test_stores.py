@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from gateway.config import Settings, load_settings
 from gateway.errors import GenerationLost, NotFound, ResumeUnavailable
 from gateway.stores import StreamStore, create_store
-from tests.conftest import RedisServer
+from tests.helpers import RedisServer
 
 pytestmark = pytest.mark.anyio
 WATCHDOG = 5.0

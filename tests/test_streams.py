@@ -19,7 +19,7 @@ import httpx
 import httpx_sse
 import pytest
 
-from tests.conftest import TIMEOUT, create, marker, read_events, text_of, wait_until
+from tests.helpers import TIMEOUT, create, marker, read_events, text_of, wait_until
 
 Event = tuple[str, str, Any]  # (event name, id, decoded data)
 

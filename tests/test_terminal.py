@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gateway import create_app
-from tests.conftest import SimServer, create, marker, read_events, run_server, test_settings
+from tests.helpers import SimServer, create, marker, read_events, run_server, test_settings
 
 FAULTS = {
     "answer": ("", "done", None),

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.auth import hash_key
-from tests.conftest import marker, wait_until
+from tests.helpers import marker, wait_until
 
 pytestmark = pytest.mark.stores("memory", "redis")
 

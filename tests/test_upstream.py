@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import create, marker, read_events, run_server, text_of
+from tests.helpers import create, marker, read_events, run_server, text_of
 
 pytestmark = pytest.mark.stores("memory")
 

@@ -49,7 +49,7 @@ from gateway.auth import hash_key
 from gateway.config import SimulatorSettings
 from gateway.simulator import Simulator
 from gateway.web import DEFAULT_DIRECTORY, WebMount
-from tests.conftest import GatewayServer, SimServer, marker, run_server, wait_until
+from tests.helpers import GatewayServer, SimServer, marker, run_server, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"

@@ -1,5 +1,5 @@
-"""Real processes for the deployment tests: gateway instances (`sse-gateway serve`)
-and nginx running the shipped deploy/nginx.conf, all on loopback ports."""
+"""Helpers that run real processes for the deployment tests: gateway instances
+(`sse-gateway serve`) and nginx running the shipped deploy/nginx.conf, all on loopback ports."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
