@@ -29,6 +29,12 @@ from tests.helpers import (
 
 
 @pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Tests marked `anyio` run on asyncio, as uvicorn serves the gateway."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
 def simulator() -> Iterator[SimServer]:
     """The OpenAI-compatible simulator; answers are instant unless a request asks."""
     sim = Simulator(SimulatorSettings(tokens=8, token_delay=0))

@@ -32,11 +32,6 @@ TOKENS = [f"t{i} " for i in range(6)]
 WATCHDOG = 5.0  # no case should come near it; it only keeps a broken case from hanging
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def settings(**overrides: Any) -> Settings:
     return load_settings(os.devnull, environ={}, overrides=overrides)
 

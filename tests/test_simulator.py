@@ -30,11 +30,6 @@ NASTY = 'one\ntwo\r\nthree\rfour\n\ndata: fake\nevent: done\nid: 9\n: comment\n"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def sdk(simulator) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(
         api_key="sk-test", base_url=simulator.base_url, max_retries=0, timeout=10.0

@@ -24,11 +24,6 @@ pytestmark = pytest.mark.anyio
 WATCHDOG = 5.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def store_settings(name: str, server: RedisServer | None, **overrides: Any) -> Settings:
     base: dict[str, Any] = {"streams": {"store": name, "max_events": 5}}
     if server is not None:
