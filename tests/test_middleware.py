@@ -154,7 +154,6 @@ async def test_each_body_message_passes_through_as_it_was_sent(metrics: Metrics)
         await middleware(scope, receive, send)
     bodies = [m.get("body", b"") for m in sent if m["type"] == "http.response.body"]
     assert [b for b in bodies if b] == [b"one", b"two", b"three"]
-    assert (b"x-request-id", b"") not in sent[0]["headers"]
     assert any(name == b"x-request-id" for name, _ in sent[0]["headers"])
 
 
