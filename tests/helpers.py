@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 import httpx_sse
 import uvicorn
@@ -32,8 +33,11 @@ from starlette.types import ASGIApp
 
 from gateway import Settings, create_app, load_settings
 from gateway.auth import hash_key
+from gateway.deltas import Delta, OnDelta
+from gateway.payloads import ChatRequest
 from gateway.simulator import Simulator
 from gateway.state import AppState
+from gateway.upstream import Finish, OnChunk
 
 TIMEOUT = httpx.Timeout(10.0)
 
@@ -208,6 +212,44 @@ def own_simulator(sim_server: SimServer, /, **overrides: Any) -> Iterator[tuple[
         yield url, app
 
 
+# -- in-process gateways (Starlette's TestClient, no sockets) ----------------------
+
+
+def offline_settings(**overrides: Any) -> Settings:
+    """Settings for a gateway whose upstream is scripted (`ScriptedRouter`)."""
+    base: dict[str, Any] = {
+        "upstream": {"base_url": "http://127.0.0.1:9/v1"},  # never called: the router is scripted
+        "server": {"drain_timeout": 0.5},
+    }
+    return load_settings(os.devnull, environ={}, overrides={**base, **overrides})
+
+
+class ScriptedRouter:
+    """An upstream whose answer is the prompt's words; `slow` in the prompt spaces them
+    a second apart (a stream that is still running when the test acts)."""
+
+    def check(self, model: str | None) -> None:
+        pass
+
+    def models(self) -> list[str]:
+        return ["scripted"]
+
+    async def stream_deltas(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
+        words = str(chat.messages[-1].content).split()
+        for word in words:
+            await on_delta(Delta("token", word + " "))
+            await anyio.sleep(1 if "slow" in words else 0.002)
+        return Finish("stop", None)
+
+    async def stream_chunks(
+        self, model: str, arguments: dict[str, Any], on_chunk: OnChunk
+    ) -> Finish:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
 # -- requests -------------------------------------------------------------------
 
 
@@ -241,6 +283,18 @@ def read_events(
     with httpx_sse.connect_sse(client, "GET", events_url, headers=dict(headers or {})) as source:
         assert source.response.status_code == 200, source.response.read()
         return [event for event in source.iter_sse() if event.data]
+
+
+def read_frames(client: httpx.Client, events_url: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, event, data) of every event of a finite SSE response, read whole (a
+    `TestClient` is an `httpx.Client` too)."""
+    body = client.get(events_url).text
+    found = []
+    for block in body.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            found.append((fields.get("id", ""), fields["event"], json.loads(fields["data"])))
+    return found
 
 
 def text_of(events: list[httpx_sse.ServerSentEvent]) -> str:

@@ -7,8 +7,6 @@ every response here is finite (a stream's body ends with its terminal event).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,50 +17,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway import create_app
-from gateway.config import Settings, load_settings
-from gateway.deltas import Delta, OnDelta
+from gateway.config import Settings
 from gateway.errors import StoreUnavailable
-from gateway.payloads import ChatRequest
 from gateway.state import AppState
 from gateway.stores import StoredEvent
 from gateway.stores.memory import MemoryStore
-from gateway.upstream import Finish, OnChunk
+from tests.helpers import ScriptedRouter, offline_settings, read_frames
 
 EXIT_WATCHDOG = 10.0  # drain_timeout is 0.5 s: far less is expected
-
-
-def settings(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {
-        "upstream": {"base_url": "http://127.0.0.1:9/v1"},  # never called: the router is scripted
-        "server": {"drain_timeout": 0.5},
-    }
-    return load_settings(os.devnull, environ={}, overrides={**base, **overrides})
-
-
-class ScriptedRouter:
-    """An upstream whose answer is the prompt's words; `slow` in the prompt spaces them
-    a second apart (a stream that is still running when the test acts)."""
-
-    def check(self, model: str | None) -> None:
-        pass
-
-    def models(self) -> list[str]:
-        return ["scripted"]
-
-    async def stream_deltas(self, chat: ChatRequest, on_delta: OnDelta) -> Finish:
-        words = str(chat.messages[-1].content).split()
-        for word in words:
-            await on_delta(Delta("token", word + " "))
-            await anyio.sleep(1 if "slow" in words else 0.002)
-        return Finish("stop", None)
-
-    async def stream_chunks(
-        self, model: str, arguments: dict[str, Any], on_chunk: OnChunk
-    ) -> Finish:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        pass
 
 
 class FaultyStore(MemoryStore):
@@ -90,7 +52,7 @@ def serve() -> Iterator[Callable[..., TestClient]]:
     def start(
         fails: Callable[[str, str, str], bool] = lambda *_: False, **overrides: Any
     ) -> TestClient:
-        config = settings(**overrides)
+        config = offline_settings(**overrides)
         app = create_app(config, store=FaultyStore(config, fails), router=ScriptedRouter())  # type: ignore[arg-type]
         client = TestClient(app)
         client.__enter__()
@@ -110,17 +72,6 @@ def create(client: TestClient, text: str) -> str:
     return str(response.json()["events_url"])
 
 
-def events(client: TestClient, events_url: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id, event, data) of every event of the stream, read to its end."""
-    body = client.get(events_url).text
-    found = []
-    for block in body.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "event" in fields:
-            found.append((fields.get("id", ""), fields["event"], json.loads(fields["data"])))
-    return found
-
-
 def test_a_failed_coalescer_flush_ends_only_its_own_stream(
     serve: Callable[..., TestClient],
 ) -> None:
@@ -133,7 +84,7 @@ def test_a_failed_coalescer_flush_ends_only_its_own_stream(
     )
     other = create(client, words)
     doomed = create(client, "first doomed " + words)
-    assert events(client, doomed)[-1][1:] == (
+    assert read_frames(client, doomed)[-1][1:] == (
         "error",
         {
             "code": "store_unavailable",
@@ -141,11 +92,11 @@ def test_a_failed_coalescer_flush_ends_only_its_own_stream(
             "retryable": True,
         },
     )
-    received = events(client, other)
+    received = read_frames(client, other)
     assert received[-1][1] == "done"
     assert "".join(data["text"] for _, name, data in received if name == "token") == words + " "
     later = create(client, "still serving")
-    assert events(client, later)[-1][1] == "done"
+    assert read_frames(client, later)[-1][1] == "done"
 
 
 def test_a_failed_terminal_event_still_frees_the_slot(serve: Callable[..., TestClient]) -> None:
@@ -192,7 +143,7 @@ class FailingStartStore(FaultyStore):
 def test_a_failed_start_closes_what_it_had_opened() -> None:
     """Before: clients were opened outside the lifespan's `try`, so a failure while
     starting left them open."""
-    config = settings()
+    config = offline_settings()
     store = FailingStartStore(config, lambda *_: False)
     app = create_app(config, store=store, router=ScriptedRouter())  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="no counters today"), TestClient(app):
@@ -215,7 +166,7 @@ class CrashingStore(FaultyStore):
 def test_failed_background_work_is_restarted() -> None:
     """Before: the Redis store's maintenance task ran outside any task group and a
     failure stopped lease renewal silently."""
-    config = settings()
+    config = offline_settings()
     store = CrashingStore(config, lambda *_: False)
     app = create_app(config, store=store, router=ScriptedRouter())  # type: ignore[arg-type]
     with TestClient(app) as client:
@@ -223,7 +174,7 @@ def test_failed_background_work_is_restarted() -> None:
         while store.runs < 2:
             assert time.monotonic() < deadline, "the background work was not restarted"
             time.sleep(0.02)
-        assert events(client, create(client, "still working"))[-1][1] == "done"
+        assert read_frames(client, create(client, "still working"))[-1][1] == "done"
 
 
 class CreateFailsStore(FaultyStore):
@@ -232,7 +183,7 @@ class CreateFailsStore(FaultyStore):
 
 
 def test_a_store_that_cannot_create_is_a_503_and_frees_everything() -> None:
-    config = settings(limits={"concurrent_streams_per_identity": 1})
+    config = offline_settings(limits={"concurrent_streams_per_identity": 1})
     store = CreateFailsStore(config, lambda *_: False)
     app = create_app(config, store=store, router=ScriptedRouter())  # type: ignore[arg-type]
     body = {"messages": [{"role": "user", "content": "a"}]}
@@ -249,7 +200,7 @@ def test_a_store_failing_mid_stream_ends_it_with_an_id_and_then_204(
 ) -> None:
     client = serve(fails=lambda _id, event, data: event == "token" and "c" in data)
     url = create(client, "a b c d e")
-    received = events(client, url)
+    received = read_frames(client, url)
     assert [int(i) for i, _, _ in received] == list(range(1, len(received) + 1))
     assert [name for _, name, _ in received] == ["token", "token", "error"]
     assert received[-1][2]["code"] == "store_unavailable"
