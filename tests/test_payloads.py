@@ -97,6 +97,8 @@ def test_a_body_over_the_limit_is_refused_declared_or_not() -> None:
     body = {"messages": [{"role": "user", "content": "x" * 100}]}
     assert type(refused(body, limits=limits)) is BodyTooLarge
     assert type(refused(body, limits=limits, content_length=65)) is BodyTooLarge
+    small = {"messages": USER}
+    assert type(refused(small, limits=limits, content_length=65)) is BodyTooLarge  # as declared
     assert read({"messages": USER}, limits=limits)
 
 
