@@ -6,6 +6,7 @@ closed by the lifespan, which also owns the task group generations run in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sse_starlette import EventSourceResponse
+from anyio.abc import TaskStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,11 +29,13 @@ from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound, error_response
 from gateway.limits import Limits
 from gateway.metrics import Metrics
+from gateway.metrics_server import serve_metrics
 from gateway.middleware import RequestMiddleware
 from gateway.openai_api import routes as openai_routes
 from gateway.relay import Relay
 from gateway.routes import Gateway, routes
 from gateway.routing import Router
+from gateway.server import EXIT_NOTICE
 from gateway.simulator import Simulator, simulator_key
 from gateway.stores import StreamStore, create_store
 from gateway.ui_chat import routes as ui_chat_routes
@@ -85,9 +88,9 @@ def create_app(
             relay = Relay(settings, store, router, tasks, metrics)
             gateway = Gateway(settings, store, relay, metrics, router, auth, limits)
             app.state.gateway = gateway  # for operators' tools and tests
-            tasks.start_soon(_drain_on_exit, relay, settings.server.drain_timeout)
+            on_exit = await tasks.start(_drain_on_exit, relay, settings.server.drain_timeout)
             async with _metrics_listener(metrics, settings):
-                yield {"gateway": gateway}
+                yield {"gateway": gateway, EXIT_NOTICE: on_exit}
             await relay.drain(settings.server.drain_timeout)
 
     app_routes = routes() + openai_routes() + ui_chat_routes()
@@ -148,23 +151,37 @@ async def _supervised(name: str, work: Callable[[], Awaitable[None]]) -> None:
         await anyio.sleep(1)
 
 
-async def _drain_on_exit(relay: Relay, timeout: float) -> None:
+async def _drain_on_exit(
+    relay: Relay,
+    timeout: float,
+    *,
+    task_status: TaskStatus[Callable[[], None]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """On SIGTERM, drain at once, while uvicorn still serves the open streams.
 
     The lifespan's shutdown only runs once uvicorn has closed every connection,
-    too late to refuse new streams or to send `error: shutdown` to readers.
-    sse-starlette already detects uvicorn's exit (`AppStatus`), so we wait on
-    the same signal rather than install signal handlers of our own.
+    too late to refuse new streams or to send `error: shutdown` to readers. The
+    server says it is exiting through the notice this task starts with (the
+    lifespan state's `EXIT_NOTICE`, see `gateway.server`); it may be called
+    from a signal handler, hence `call_soon_threadsafe`.
     """
-    await EventSourceResponse._listen_for_exit_signal()
+    exiting = anyio.Event()
+    loop = asyncio.get_running_loop()
+
+    def notice() -> None:
+        loop.call_soon_threadsafe(exiting.set)
+
+    task_status.started(notice)
+    await exiting.wait()
     await relay.drain(timeout)
 
 
 def _metrics_listener(metrics: Metrics, settings: Settings) -> AbstractAsyncContextManager[None]:
     """`/metrics` on its own port when `metrics.port` is set."""
-    if not settings.metrics.enabled or settings.metrics.port is None:
+    port = settings.metrics.port
+    if not settings.metrics.enabled or port is None:
         return nullcontext()
-    return metrics.serve(settings.metrics.host or settings.server.host)
+    return serve_metrics(metrics, settings.metrics.host or settings.server.host, port)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
