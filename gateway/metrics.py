@@ -67,7 +67,6 @@ _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*_(\d+)\.db$")
 
 class Metrics:
     def __init__(self, settings: MetricsSettings) -> None:
-        self.settings = settings
         self._directory = settings.multiprocess_dir
         check_multiprocess_dir(self._directory)
         if self._directory and values.ValueClass is values.MutexValue:
