@@ -6,13 +6,15 @@ closed by the lifespan, which also owns the task group generations run in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import anyio
-from sse_starlette import EventSourceResponse
+from anyio.abc import TaskStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,11 +30,13 @@ from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound
 from gateway.generations import Generations
 from gateway.limits import Limits
 from gateway.metrics import Metrics
+from gateway.metrics_server import serve_metrics
 from gateway.middleware import RequestMiddleware
 from gateway.openai_api import routes as openai_routes
 from gateway.responses import error_response
 from gateway.routes import routes
 from gateway.routing import Router
+from gateway.server import EXIT_NOTICE
 from gateway.simulator import Simulator, simulator_key
 from gateway.state import AppState
 from gateway.stores import StreamStore, create_store
@@ -64,7 +68,7 @@ def create_app(
     given_store, given_router = store, router
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         for warning in startup_warnings(settings):
             logger.warning(warning)
         # Whatever fails while starting, what was opened before it is closed again.
@@ -85,10 +89,11 @@ def create_app(
             tasks.start_soon(_supervised, "slot releases", limits.run)
             generations = Generations(settings, store, router, tasks, metrics)
             AppState(settings, store, generations, metrics, router, auth, limits).publish(app)
-            tasks.start_soon(_drain_on_exit, generations, settings.server.drain_timeout)
+            timeout = settings.server.drain_timeout
+            on_exit = await tasks.start(_drain_on_exit, generations, timeout)
             async with _metrics_listener(metrics, settings):
-                yield
-            await generations.drain(settings.server.drain_timeout)
+                yield {EXIT_NOTICE: on_exit}  # the server calls it when it starts to exit
+            await generations.drain(timeout)
 
     app_routes = routes() + openai_routes() + ui_chat_routes()
     if settings.metrics.enabled and settings.metrics.port is None:
@@ -147,23 +152,37 @@ async def _supervised(name: str, work: Callable[[], Awaitable[None]]) -> None:
         await anyio.sleep(1)
 
 
-async def _drain_on_exit(relay: Generations, timeout: float) -> None:
+async def _drain_on_exit(
+    generations: Generations,
+    timeout: float,
+    *,
+    task_status: TaskStatus[Callable[[], None]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """On SIGTERM, drain at once, while uvicorn still serves the open streams.
 
     The lifespan's shutdown only runs once uvicorn has closed every connection,
-    too late to refuse new streams or to send `error: shutdown` to readers.
-    sse-starlette already detects uvicorn's exit (`AppStatus`), so we wait on
-    the same signal rather than install signal handlers of our own.
+    too late to refuse new streams or to send `error: shutdown` to readers. The
+    server says it is exiting through the notice this task starts with (the
+    lifespan state's `EXIT_NOTICE`, see `gateway.server`); it may be called
+    from a signal handler, hence `call_soon_threadsafe`.
     """
-    await EventSourceResponse._listen_for_exit_signal()
-    await relay.drain(timeout)
+    exiting = anyio.Event()
+    loop = asyncio.get_running_loop()
+
+    def notice() -> None:
+        loop.call_soon_threadsafe(exiting.set)
+
+    task_status.started(notice)
+    await exiting.wait()
+    await generations.drain(timeout)
 
 
 def _metrics_listener(metrics: Metrics, settings: Settings) -> AbstractAsyncContextManager[None]:
     """`/metrics` on its own port when `metrics.port` is set."""
-    if not settings.metrics.enabled or settings.metrics.port is None:
+    port = settings.metrics.port
+    if not settings.metrics.enabled or port is None:
         return nullcontext()
-    return metrics.serve(settings.metrics.host or settings.server.host)
+    return serve_metrics(metrics, settings.metrics.host or settings.server.host, port)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

@@ -21,11 +21,13 @@ from gateway.config import (
     ENV_PREFIX,
     ConfigError,
     LoggingSettings,
+    MetricsSettings,
     Settings,
     SimulatorSettings,
     config_file,
     load_settings,
 )
+from gateway.metrics import MULTIPROC_ENV, check_multiprocess_dir
 from gateway.server import GatewayConfig, run, uvicorn_options
 from gateway.simulator import Simulator
 
@@ -101,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         auth.Authenticator(config)  # a JWT key file that cannot be used stops the start here
+        _share_metrics(config.metrics, args.workers)
+        app = create_app(config) if args.workers == 1 else _worker_factory(args.config, server)
     except ConfigError as exc:
         print(f"sse-gateway: {exc}", file=sys.stderr)
         return 2
@@ -109,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning(warning)
     started = run(
         GatewayConfig(
-            create_app(config) if args.workers == 1 else _worker_factory(args.config, server),
+            app,
             limits=config.server,
             factory=args.workers > 1,
             workers=args.workers,
@@ -175,6 +179,17 @@ def _local(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _share_metrics(metrics: MetricsSettings, workers: int) -> None:
+    """Workers write their metrics to `metrics.multiprocess_dir`: prometheus-client
+    learns the directory from PROMETHEUS_MULTIPROC_DIR when it is imported, which the
+    worker processes (started afresh, not forked) do after this sets it. This
+    process imported it long ago, so serving alone it cannot switch over."""
+    directory = metrics.multiprocess_dir
+    if workers > 1 and directory is not None and MULTIPROC_ENV not in os.environ:
+        os.environ[MULTIPROC_ENV] = directory
+    check_multiprocess_dir(directory)
 
 
 def _worker_factory(config_file: str | None, server: dict[str, Any]) -> str:

@@ -320,8 +320,9 @@ class MetricsSettings(_Section):
     host: str | None = None
     """address of `metrics.port`; `null` = `server.host`"""
     multiprocess_dir: str | None = None
-    """with `uvicorn --workers N`: an empty directory all workers write their metrics
-    to, so `/metrics` adds them up; empty it before each start"""
+    """with `sse-gateway serve --workers N`: an empty directory all workers write their
+    metrics to, so `/metrics` adds them up (other process managers must set
+    `PROMETHEUS_MULTIPROC_DIR` to the same); empty it before each start"""
 
 
 class LoggingSettings(_Section):

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 
 import anyio
 from anyio.abc import TaskGroup
-from sse_starlette.sse import AppStatus
 
 from gateway import logs
 from gateway.config import Settings
@@ -56,9 +55,9 @@ class Generations:
 
     @property
     def draining(self) -> bool:
-        """No new stream is accepted: `drain` was called, or the server is exiting
-        (sse-starlette's `AppStatus` flips in the signal handler, before drain starts)."""
-        return self._draining or AppStatus.should_exit
+        """No new stream is accepted: `drain` was called (at once on SIGTERM, see
+        `gateway.server`)."""
+        return self._draining
 
     @property
     def active(self) -> int:

@@ -1,23 +1,26 @@
 """Metrics: what the gateway counts, and the `/metrics` page Prometheus reads.
 
 Each app owns a `Metrics` with its own registry, so several apps in one
-process (tests) never mix their counts. Under `uvicorn --workers N`, set
-`metrics.multiprocess_dir`: every worker then writes its values to files there
-(prometheus_client's multiprocess mode) and `/metrics`, whichever worker
-answers, adds them all up; gauges count live workers only.
+process (tests) never mix their counts. The hot paths record per stream, not
+per token, with label children bound once; the one per-token call is the
+inter-token gap (`StreamMeter.token`).
 
-The hot paths record per stream, not per token, with label children bound
-once; the one per-token call is the inter-token gap (`StreamMeter.token`).
+Several worker processes: prometheus-client's multiprocess mode, in which
+every process writes its values to files in one directory and `/metrics`,
+whichever worker answers, adds them all up (gauges count live workers only).
+prometheus-client takes that directory from `PROMETHEUS_MULTIPROC_DIR` when it
+is first imported, so the variable must be set before the process starts:
+`sse-gateway serve --workers N` sets it to `metrics.multiprocess_dir` for its
+workers. The setting and the variable must name the same directory, or
+neither be set, or the app refuses to start: the variable alone would make
+`/metrics` show one worker's numbers, the setting alone could not be obeyed.
 """
 
 from __future__ import annotations
 
 import glob
-import logging
 import os
 import re
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +29,6 @@ from typing import Any
 
 import anyio
 import openai
-import uvicorn
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
@@ -43,28 +45,34 @@ from starlette.responses import Response
 from gateway.config import ConfigError, MetricsSettings
 from gateway.errors import GatewayError
 
-__all__ = ["LATENCY_BUCKETS", "TOKEN_GAP_BUCKETS", "Metrics", "StreamMeter", "UpstreamRequest"]
-
-upstream_logger = logging.getLogger("gateway.upstream")
+__all__ = [
+    "LATENCY_BUCKETS",
+    "MULTIPROC_ENV",
+    "TOKEN_GAP_BUCKETS",
+    "Metrics",
+    "StreamMeter",
+    "UpstreamRequest",
+    "check_multiprocess_dir",
+]
 
 #: Time to first token and request durations: 10 ms to 60 s (models may think first).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 #: Gaps between tokens are usually tens of milliseconds; a stall shows in the top buckets.
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
+#: prometheus-client's multiprocess directory, read when it is imported.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*_(\d+)\.db$")
 
 
 class Metrics:
     def __init__(self, settings: MetricsSettings) -> None:
-        self.settings = settings
         self._directory = settings.multiprocess_dir
-        if self._directory:
-            _use_multiprocess_mode(self._directory)
-        elif values.ValueClass is not values.MutexValue:
+        check_multiprocess_dir(self._directory)
+        if self._directory and values.ValueClass is values.MutexValue:
             raise ConfigError(
-                "PROMETHEUS_MULTIPROC_DIR is set: set metrics.multiprocess_dir instead, "
-                "so /metrics adds up every worker"
+                f"metrics.multiprocess_dir: {MULTIPROC_ENV} was set after prometheus_client "
+                "was imported; it must be set before the process starts"
             )
         registry = self._registry = CollectorRegistry()
 
@@ -195,37 +203,6 @@ class Metrics:
         body = await anyio.to_thread.run_sync(self.exposition)
         return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
-    @asynccontextmanager
-    async def serve(self, host: str) -> AsyncIterator[None]:
-        """Serve `/metrics` alone on `metrics.port`, in a thread, while the context is open.
-
-        The socket uses SO_REUSEPORT, so every worker of `--workers N` can bind
-        it; in multiprocess mode any of them gives the same answer.
-        """
-        from starlette.applications import Starlette
-        from starlette.routing import Route
-
-        assert self.settings.port is not None
-        app = Starlette(routes=[Route("/metrics", self.endpoint, methods=["GET"])])
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, self.settings.port))
-        config = uvicorn.Config(
-            app, lifespan="off", ws="none", log_config=None, log_level="warning", access_log=False
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            server.should_exit = True
-            await anyio.to_thread.run_sync(thread.join, 5)
-            sock.close()
-
 
 class StreamMeter:
     """One stream's token timing; `finish` records its outcome once."""
@@ -290,16 +267,21 @@ class StreamMeter:
 
 
 class UpstreamRequest:
-    """Times one upstream request; on exit records it and logs one line."""
+    """Times one upstream request; on exit records it, with its `outcome`."""
 
-    __slots__ = ("_metrics", "_started", "first_token", "status")
+    __slots__ = ("_metrics", "_started", "duration", "first_token", "outcome", "status")
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._started = time.monotonic()
         #: The HTTP status the upstream answered, once it did.
         self.status: int | None = None
+        #: Seconds from sending to the first content token, once there was one.
         self.first_token: float | None = None
+        #: Once the request has ended: `done`, `cancelled` or the error code.
+        self.outcome: str | None = None
+        #: Once the request has ended: seconds from sending to its end.
+        self.duration: float | None = None
 
     def token(self) -> None:
         """The first content token of this request arrived."""
@@ -315,49 +297,34 @@ class UpstreamRequest:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        duration = time.monotonic() - self._started
+        self.duration = time.monotonic() - self._started
         if exc is None:
-            code = "done"
+            self.outcome = "done"
         elif isinstance(exc, GatewayError):
-            code = exc.code
+            self.outcome = exc.code
             if isinstance(exc.__cause__, openai.APIStatusError):
                 self.status = exc.__cause__.status_code
         elif isinstance(exc, anyio.get_cancelled_exc_class()):
-            code = "cancelled"
+            self.outcome = "cancelled"
         else:
-            code = "internal"
+            self.outcome = "internal"
         status = str(self.status) if self.status is not None else "none"
-        metrics = self._metrics
-        metrics.upstream_requests.labels(status, code).inc()
-        metrics.upstream_request_duration.observe(duration)
-        upstream_logger.info(
-            "upstream request finished",
-            extra={
-                "status": status,
-                "outcome": code,
-                "duration": round(duration, 6),
-                "upstream_latency": _rounded(self.first_token),
-            },
-        )
+        self._metrics.upstream_requests.labels(status, self.outcome).inc()
+        self._metrics.upstream_request_duration.observe(self.duration)
 
 
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 6)
-
-
-def _use_multiprocess_mode(directory: str) -> None:
-    """prometheus_client picks its value class from PROMETHEUS_MULTIPROC_DIR when it is
-    imported, and finds its files through that variable; set both from our settings."""
-    if not os.path.isdir(directory):
+def check_multiprocess_dir(directory: str | None) -> None:
+    """`metrics.multiprocess_dir` (`directory`) and PROMETHEUS_MULTIPROC_DIR name the
+    same directory, or neither is set; raises `ConfigError` otherwise."""
+    exported = os.environ.get(MULTIPROC_ENV)
+    if directory is not None and not os.path.isdir(directory):
         raise ConfigError(f"metrics.multiprocess_dir: {directory} is not a directory")
-    current = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if current not in (None, directory):
+    if exported != directory:
         raise ConfigError(
-            f"metrics.multiprocess_dir: this process already writes metrics to {current}"
+            f"metrics.multiprocess_dir is {directory or 'not set'} but {MULTIPROC_ENV} is "
+            f"{exported or 'not set'}: they must name the same directory (`sse-gateway serve "
+            "--workers N` sets the variable for its workers; one process needs neither)"
         )
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    if values.ValueClass is values.MutexValue:
-        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 def _forget_dead_workers(directory: str) -> None:

@@ -18,6 +18,15 @@ These answers are written below the application, in plain text like uvicorn's
 own 400 and 503, and each closed connection is logged with its peer. The
 limits travel on the uvicorn `Config` (`GatewayConfig`), which `--workers`
 hands to each worker process.
+
+The server also tells the application when it starts to exit, which ASGI has
+no message for (the lifespan's shutdown only comes once every connection has
+closed, too late to drain the open streams): an app that puts a callable under
+`EXIT_NOTICE` in its lifespan state has it called at once on SIGTERM or SIGINT
+(`GatewayServer`, the server `sse-gateway serve` runs itself) or, in a
+`--workers` process (uvicorn runs its own server there), when the server asks
+each open connection to finish (`GuardedProtocol.shutdown`). The callable must
+be safe to call from a signal handler.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -34,11 +45,21 @@ from uvicorn.supervisors import Multiprocess
 
 from gateway.config import ServerSettings, Settings
 
-__all__ = ["GatewayConfig", "GuardedProtocol", "run", "uvicorn_options"]
+__all__ = [
+    "EXIT_NOTICE",
+    "GatewayConfig",
+    "GatewayServer",
+    "GuardedProtocol",
+    "run",
+    "uvicorn_options",
+]
 
 logger = logging.getLogger("gateway.server")
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+#: The lifespan state key of the app's exit notice (see the module docstring).
+EXIT_NOTICE = "gateway.exit_notice"
 
 
 class GatewayConfig(uvicorn.Config):
@@ -69,6 +90,12 @@ class GuardedProtocol(HttpToolsProtocol):
         self.header_timeout = limits.header_timeout
         self.body_timeout = limits.body_timeout
         self.max_header_bytes = limits.max_header_bytes
+
+    def shutdown(self) -> None:
+        """The server is exiting: tell the app (in a `--workers` process this is the
+        first it hears of it), then finish this connection as uvicorn does."""
+        _notify_exit(self.app_state)
+        super().shutdown()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -151,6 +178,23 @@ class GuardedProtocol(HttpToolsProtocol):
         logger.info("connection closed: %s", message, extra={"peer": peer})
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, telling the app the moment it is asked to exit: uvicorn
+    only closes its listener on its next tick, and the app's connections later."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        lifespan = getattr(self, "lifespan", None)  # None until the server has begun
+        if lifespan is not None:
+            _notify_exit(lifespan.state)
+
+
+def _notify_exit(state: Mapping[str, Any]) -> None:
+    notice = state.get(EXIT_NOTICE)
+    if notice is not None:
+        notice()
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments of `uvicorn.run` / `uvicorn.Config` for `settings`."""
     server = settings.server
@@ -173,6 +217,6 @@ def run(config: GatewayConfig) -> bool:
     if config.workers > 1:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
         return True
-    server = uvicorn.Server(config)
+    server = GatewayServer(config)
     server.run()
     return server.started

@@ -15,8 +15,10 @@ the OpenAI front door).
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +41,8 @@ from gateway.watchdog import Watchdog
 __all__ = ["Finish", "OnChunk", "Upstream"]
 
 OnChunk = Callable[[Chunk], Awaitable[None]]
+
+logger = logging.getLogger("gateway.upstream")
 
 _CLOSE_TIMEOUT = 2.0
 _DRAIN_TIMEOUT = 0.1
@@ -133,7 +137,7 @@ class Upstream:
 
         for attempt in range(settings.retries + 1):
             try:
-                with self._metrics.upstream_request(retry=attempt > 0) as measured:
+                with self._measured(retry=attempt > 0) as measured:
                     return await self._attempt(arguments, hand_on, deadline, measured)
             except GatewayError as exc:
                 delay = self._retry_delay(exc, attempt, deadline)
@@ -141,6 +145,24 @@ class Upstream:
                     raise
             await anyio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def _measured(self, *, retry: bool) -> Iterator[UpstreamRequest]:
+        """One request's metrics, and its log line once it has ended."""
+        measured = self._metrics.upstream_request(retry=retry)
+        try:
+            with measured:
+                yield measured
+        finally:
+            logger.info(
+                "upstream request finished",
+                extra={
+                    "status": "none" if measured.status is None else str(measured.status),
+                    "outcome": measured.outcome,
+                    "duration": _rounded(measured.duration),
+                    "upstream_latency": _rounded(measured.first_token),
+                },
+            )
 
     def _retry_delay(self, exc: GatewayError, attempt: int, deadline: float) -> float | None:
         """Seconds to wait before the next attempt, or `None` to give up."""
@@ -256,3 +278,7 @@ def _arguments(chat: ChatRequest) -> dict[str, Any]:
         "include_usage": True,
     }
     return fields
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 6)

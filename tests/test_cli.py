@@ -131,3 +131,18 @@ def test_a_missing_redis_extra_is_one_clear_line(monkeypatch, capsys):
     assert error == "sse-gateway: streams.store: redis needs the redis extra: " + (
         "pip install 'sse-gateway[redis]'\n"
     )
+
+
+def test_metrics_multiprocess_dir_and_the_variable_must_agree(monkeypatch, capsys, tmp_path):
+    """`serve` sets PROMETHEUS_MULTIPROC_DIR for its workers from metrics.multiprocess_dir.
+    Serving alone it cannot use the directory (prometheus-client is imported already),
+    and a variable naming another directory is refused; both before anything starts."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("GATEWAY_METRICS__MULTIPROCESS_DIR", str(tmp_path))
+    assert main(["serve", "--config", os.devnull]) == 2
+    assert "PROMETHEUS_MULTIPROC_DIR is not set" in capsys.readouterr().err
+    monkeypatch.setenv("GATEWAY_STREAMS__STORE", "redis")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "other"))
+    assert main(["serve", "--config", os.devnull, "--workers", "2"]) == 2
+    error = capsys.readouterr().err
+    assert f"metrics.multiprocess_dir is {tmp_path} but PROMETHEUS_MULTIPROC_DIR is " in error

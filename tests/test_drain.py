@@ -5,13 +5,25 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import socket
 import threading
 import time
 
 import httpx
 import httpx_sse
+import uvicorn
 
-from tests.helpers import TIMEOUT, echo, marker, redis_settings
+from gateway import create_app
+from gateway.server import GatewayConfig, uvicorn_options
+from tests.helpers import (
+    TIMEOUT,
+    create,
+    echo,
+    marker,
+    redis_settings,
+    test_settings,
+    wait_until,
+)
 from tests.helpers_deploy import GatewayProcess, Nginx, gateways
 
 
@@ -145,3 +157,42 @@ def test_redis_store_clients_resume_on_another_instance(simulator, redis_server,
     assert all(connections > 1 for _, connections in results.values())
     # The streams generated on A were finished there while clients read them elsewhere.
     assert [results[p][0][-1].event for p, _ in streams] == ["done"] * len(streams)
+
+
+def test_a_worker_process_drains_when_uvicorn_finishes_its_connections(simulator):
+    """Under `--workers` each worker runs uvicorn's own server, which tells the app
+    nothing: the gateway's protocol hears of the exit when the server asks each open
+    connection to finish, and the app drains while its streams are still served."""
+    settings = test_settings(simulator, server={"drain_timeout": 0.5})
+    config = GatewayConfig(
+        create_app(settings),
+        limits=settings.server,
+        log_level="warning",
+        **uvicorn_options(settings),
+    )
+    server = uvicorn.Server(config)  # what uvicorn's process manager runs in a worker
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=10)
+        with httpx.Client(timeout=TIMEOUT) as client:
+            events_url = create(client, url, f"{marker()} [[sim tokens=200 delay_ms=20]]")
+            events = []
+            with httpx_sse.connect_sse(client, "GET", events_url) as source:
+                for event in source.iter_sse():
+                    if not event.data:
+                        continue  # the retry field, heartbeats
+                    events.append(event)
+                    if len(events) == 1:
+                        server.should_exit = True  # what a worker's SIGTERM handler does
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+    *tokens, last = events
+    assert 0 < len(tokens) < 200 and {e.event for e in tokens} == {"token"}
+    assert [e.id for e in events] == [str(i) for i in range(1, len(events) + 1)]
+    assert (last.event, json.loads(last.data)["code"]) == ("error", "shutdown")

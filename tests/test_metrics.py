@@ -291,7 +291,9 @@ def _per_process(directory: str) -> dict[int, float]:
     return counts
 
 
-def test_counts_add_up_across_worker_processes(simulator, tmp_path):
+def test_counts_add_up_across_worker_processes(simulator, redis_server, tmp_path):
+    """`sse-gateway serve --workers 2` with `metrics.multiprocess_dir` only: the command
+    sets PROMETHEUS_MULTIPROC_DIR for its workers."""
     port = free_port()
     directory = tmp_path / "metrics"
     directory.mkdir()
@@ -301,12 +303,13 @@ def test_counts_add_up_across_worker_processes(simulator, tmp_path):
         "GATEWAY_UPSTREAM__BASE_URL": simulator.base_url,
         "GATEWAY_SIMULATOR__ENABLED": "false",
         "GATEWAY_WEB__ENABLED": "false",
+        "GATEWAY_STREAMS__STORE": "redis",  # what --workers needs
+        "GATEWAY_REDIS__URL": redis_server.url,
         "GATEWAY_METRICS__MULTIPROCESS_DIR": str(directory),
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [sys.executable, "-m", "uvicorn", "--workers", "2", "--factory",
-               "gateway.app:create_app", "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning"]  # fmt: skip
+    command = [sys.executable, "-m", "gateway", "serve", "--workers", "2",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
     log = tmp_path / "stderr.log"
     with log.open("wb") as stderr:
         process = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=stderr)
@@ -355,3 +358,17 @@ def test_multiprocess_dir_must_exist(simulator, tmp_path):
     settings = test_settings(simulator, metrics={"multiprocess_dir": str(tmp_path / "missing")})
     with pytest.raises(ConfigError, match=r"metrics\.multiprocess_dir"):
         create_app(settings)
+
+
+def test_multiprocess_dir_needs_a_process_started_with_the_variable(simulator, tmp_path):
+    """prometheus-client is not switched to multiprocess mode after its import."""
+    settings = test_settings(simulator, metrics={"multiprocess_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR is not set"):
+        create_app(settings)
+
+
+def test_the_variable_without_multiprocess_dir_is_refused(simulator, tmp_path, monkeypatch):
+    """Else /metrics would show one worker's numbers as if they were all."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"metrics\.multiprocess_dir is not set"):
+        create_app(test_settings(simulator))
