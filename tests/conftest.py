@@ -6,6 +6,7 @@ with the settings it needs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -91,6 +92,19 @@ def gateway(
             return GatewayServer(stack.enter_context(run_server(app)), app)
 
         yield start
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo the logging set-up of a command run in-process (`main(["serve", ...])`), whose
+    handlers would otherwise write to this test's captured, then closed, stderr."""
+    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate, disabled in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
 
 
 @pytest.fixture

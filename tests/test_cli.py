@@ -14,11 +14,14 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from gateway import __version__, create_app
 from gateway.cli import main
 from tests.helpers import create, free_port, read_events, run_server, test_settings, text_of
 from tests.helpers_deploy import terminate, wait_http
+
+pytestmark = pytest.mark.usefixtures("restore_logging")  # `main` configures logging
 
 ROOT = Path(__file__).resolve().parent.parent
 
