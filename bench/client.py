@@ -113,7 +113,8 @@ def main() -> None:
     stdout; the process lives on between them, so its start is paid once."""
     for line in sys.stdin:
         report = uvloop.run(load(argparse.Namespace(**json.loads(line))))
-        print(json.dumps(report), flush=True)
+        sys.stdout.buffer.write(json.dumps(report).encode() + b"\n")
+        sys.stdout.buffer.flush()
 
 
 if __name__ == "__main__":

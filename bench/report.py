@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["direct", "reference", "naive", "gateway", "gateway_redis", "litellm"]
 #: The direct row degrades past this much time to first token beyond the mock's delay.
-DIRECT_SLACK_MS = 100
+DIRECT_SLACK_MS = 250
 #: The mock is a bottleneck above this share of its core.
 MOCK_LIMIT = 0.9
 #: Reference latencies below this are timer noise; ratios use at least this.
@@ -109,21 +109,18 @@ def _ratio(name: str, key: str, target: str = "gateway", base: str = "reference"
     return measure
 
 
-def _added_p99(runs: dict) -> tuple[float, float, str] | None:
-    gateway = added(runs["B_spaced_100"], "gateway", "ttft_p99_ms")
-    reference = added(runs["B_spaced_100"], "reference", "ttft_p99_ms")
-    if gateway is None or reference is None:
-        return None
-    text = f"gateway +{gateway:,.0f} ms, reference +{reference:,.0f} ms"
-    return gateway, max(reference, NOISE_MS), text
+def _added_p99(name: str, floor: float):
+    """TTFT added over direct, p99: the gateway's against the reference's (at least `floor`)."""
 
+    def measure(runs: dict) -> tuple[float, float, str] | None:
+        gateway = added(runs[name], "gateway", "ttft_p99_ms")
+        reference = added(runs[name], "reference", "ttft_p99_ms")
+        if gateway is None or reference is None:
+            return None
+        text = f"gateway {gateway:+,.0f} ms, reference {reference:+,.0f} ms"
+        return gateway, max(reference, floor), text
 
-def _slow_p99(runs: dict) -> tuple[float, float, str] | None:
-    measured = _ratio("C_slow_1000", "ttft_p99_ms")(runs)
-    if measured is None:
-        return None
-    value, reference, text = measured
-    return value, max(reference, 100 / 2), text  # at most twice the reference, or 100 ms
+    return measure
 
 
 def _per_open_stream(runs: dict) -> tuple[float, float, str] | None:
@@ -169,8 +166,18 @@ GOALS: list[Goal] = [
         _ratio("B_spaced_100", "cpu_us_per_token"),
         2,
     ),
-    ("100 streams at once: TTFT added p99 ≤ 2× reference", "B_spaced_100", _added_p99, 2),
-    ("1,000 streams at once: TTFT p99 ≤ 2× reference or ≤ 100 ms", "C_slow_1000", _slow_p99, 2),
+    (
+        "100 streams at once: TTFT added p99 ≤ 2× reference",
+        "B_spaced_100",
+        _added_p99("B_spaced_100", NOISE_MS),
+        2,
+    ),
+    (
+        "1,000 streams at once: TTFT added p99 ≤ 2× reference or ≤ 100 ms",
+        "C_slow_1000",
+        _added_p99("C_slow_1000", 100 / 2),
+        2,
+    ),
     (
         "10,000 streams at once: all done, ≤ 30 KiB per open stream beyond events",
         "C_slow_10000",

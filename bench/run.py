@@ -72,7 +72,6 @@ class Client:
             env={**os.environ, "PYTHONPATH": str(systems.ROOT)},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            text=True,
         )
 
     def run(self, kind: str, url: str, scenario: Scenario) -> dict:
@@ -80,7 +79,7 @@ class Client:
         request = {"kind": kind, "url": url, "streams": streams, "concurrency": concurrency}
         request |= {"tokens": tokens, "delay_ms": delay_ms, "timeout": timeout}
         assert self._process.stdin is not None and self._process.stdout is not None
-        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.write(json.dumps(request).encode() + b"\n")
         self._process.stdin.flush()
         line = self._process.stdout.readline()  # the client's own timeout bounds this
         if not line:

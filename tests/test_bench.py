@@ -78,8 +78,8 @@ def test_a_scenario_where_direct_degrades_is_invalid():
     )
 
     degraded = report.render(_document(direct_p99=500.0))
-    assert "**Invalid**: direct TTFT p99 500 ms > 120 ms" in degraded
-    assert "1.50× | invalid (direct TTFT p99 500 ms > 120 ms) |" in degraded
+    assert "**Invalid**: direct TTFT p99 500 ms > 270 ms" in degraded
+    assert "1.50× | invalid (direct TTFT p99 500 ms > 270 ms) |" in degraded
 
 
 def test_a_scenario_where_the_mock_is_busy_is_invalid():

@@ -1,0 +1,62 @@
+"""The Redis store's readers: one follower per stream per instance, fanning out locally.
+
+Many readers of one stream must not take a Redis connection each (redis-py's
+pool stops at 100 by default, and then every call of the instance fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import httpx_sse
+import redis
+
+from tests.conftest import TIMEOUT, create, marker, wait_until
+
+READERS = 120
+
+
+async def _read_all(events_url: str, started: asyncio.Semaphore) -> list[tuple[str, str, str]]:
+    async with (
+        httpx.AsyncClient(timeout=TIMEOUT) as client,
+        httpx_sse.aconnect_sse(client, "GET", events_url) as source,
+    ):
+        got = []
+        async for event in source.aiter_sse():
+            if event.data:
+                if not got:
+                    started.release()
+                got.append((event.event, event.id, event.data))
+        return got
+
+
+def test_many_readers_of_one_stream_share_one_redis_connection(gateway, redis_server, client):
+    server = gateway(
+        streams={"store": "redis"}, redis={"url": redis_server.url}, sse={"heartbeat": 0.5}
+    )
+    events_url = create(client, server.url, f"{marker()} [[sim tokens=20 delay_ms=300]]")
+    blocked: list[int] = []
+    admin = redis.Redis.from_url(redis_server.url)
+
+    async def scenario() -> list[list[tuple[str, str, str]]]:
+        started = asyncio.Semaphore(0)
+        readers = [asyncio.create_task(_read_all(events_url, started)) for _ in range(READERS)]
+        async with asyncio.timeout(30):
+            for _ in range(READERS):
+                await started.acquire()
+        for _ in range(5):  # every reader attached and reading: who waits in XREAD BLOCK?
+            blocked.append(int(admin.info("clients")["blocked_clients"]))
+            await asyncio.sleep(0.05)
+        return await asyncio.gather(*readers)
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        admin.close()
+    first = results[0]
+    assert [event for event, _, _ in first] == ["token"] * 20 + ["done"]
+    assert [int(id) for _, id, _ in first] == list(range(1, 22))
+    assert all(result == first for result in results)
+    assert max(blocked) == 1  # the stream's one follower
+    wait_until(lambda: server.state.relay.active == 0)
