@@ -86,7 +86,8 @@ async def load(args: argparse.Namespace) -> dict[str, object]:
         nonlocal failures
         async with limit:
             try:
-                results.append(await one(session, args))
+                async with asyncio.timeout(args.timeout):  # whatever aiohttp's timeouts cover
+                    results.append(await one(session, args))
             except (TimeoutError, aiohttp.ClientError, KeyError):
                 failures += 1
 

@@ -44,11 +44,11 @@ class Scenario:
 
 
 SCENARIOS: dict[str, Scenario] = {
+    "D_fixed_cost": Scenario(300, 10, 1, 0),
     "A_back_to_back": Scenario(50, 50, 200, 0),
     "B_spaced_100": Scenario(100, 100, 20, 20),
     "C_slow_1000": Scenario(1000, 1000, 30, 200),
     "C_slow_10000": Scenario(10_000, 10_000, 30, 200, timeout=180),
-    "D_fixed_cost": Scenario(300, 10, 1, 0),
 }
 #: In-process, no servers: bytes per stored event (bench/eventmem.py).
 EVENT_MEMORY = "E_event_memory"
@@ -232,9 +232,6 @@ def main() -> None:
     results: dict[str, dict[str, list[dict]]] = {}
     mock_port = systems.free_port()
     mock = [systems.PYTHON, "-m", "bench.upstream", "--port", str(mock_port)]
-    with systems.serve(mock, mock_port, {}, systems.OTHERS_CPU) as mock_pid:
-        for name, target, run in runs(args, targets, (f"http://127.0.0.1:{mock_port}", mock_pid)):
-            results.setdefault(name, {}).setdefault(target, []).append(run)
     document = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
@@ -252,8 +249,11 @@ def main() -> None:
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(document, indent=2))
     tables = output.with_name(output.stem + "-results.md")
+    with systems.serve(mock, mock_port, {}, systems.OTHERS_CPU) as mock_pid:
+        for name, target, run in runs(args, targets, (f"http://127.0.0.1:{mock_port}", mock_pid)):
+            results.setdefault(name, {}).setdefault(target, []).append(run)
+            output.write_text(json.dumps(document, indent=2))  # after each run: kept if cut
     tables.write_text(render(document))
     print(f"wrote {output} and {tables}")
 
