@@ -60,3 +60,18 @@ def test_many_readers_of_one_stream_share_one_redis_connection(gateway, redis_se
     assert all(result == first for result in results)
     assert max(blocked) == 1  # the stream's one follower
     wait_until(lambda: server.state.relay.active == 0)
+
+
+def test_the_store_sends_nothing_redis_refuses(gateway, redis_server, client):
+    """Redis before 7.2 refuses `CLIENT SETINFO`; redis-py then hands the refusal to a
+    later command on that connection, which fails as `store_unavailable`."""
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        admin.config_resetstat()
+        server = gateway(streams={"store": "redis"}, redis={"url": redis_server.url})
+        events_url = create(client, server.url, f"{marker()} [[sim tokens=3]]")
+        with httpx_sse.connect_sse(client, "GET", events_url) as source:
+            assert [e.event for e in source.iter_sse() if e.data][-1] == "done"
+        assert "errorstat_ERR" not in admin.info("errorstats")  # NOSCRIPT is handled
+    finally:
+        admin.close()

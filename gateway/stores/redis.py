@@ -230,6 +230,10 @@ class RedisStore:
             # A follower holds a connection per stream read here: as many streams as
             # this instance generates, and as many again generated elsewhere.
             max_connections=self._max_connections,
+            # No CLIENT SETINFO on connect: Redis before 7.2 refuses it, and redis-py
+            # then hands that refusal to a later command on a fresh connection
+            # (hundreds of spurious `store_unavailable` in a burst of new streams).
+            driver_info=None,
         )
         self._scripts = {
             name: self._redis.register_script(script)
