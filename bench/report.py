@@ -31,7 +31,7 @@ TITLES = {
     "B_spaced_100": "B. 100 streams arriving at once, 20 tokens 20 ms apart",
     "C_slow_1000": "C. 1,000 slow streams at once (30 tokens, 200 ms apart)",
     "C_slow_10000": "C. 10,000 slow streams at once (30 tokens, 200 ms apart)",
-    "D_fixed_cost": "D. Fixed cost per stream: 300 one-token streams, 10 at a time",
+    "D_fixed_cost": "D. Fixed cost per stream: 2,000 one-token streams, 10 at a time",
 }
 # scenario: [(metric key, column title, digits)]
 LATENCY = [("ttft_p50_ms", "TTFT p50 ms", 1), ("ttft_p99_ms", "TTFT p99 ms", 1)]

@@ -44,7 +44,7 @@ class Scenario:
 
 
 SCENARIOS: dict[str, Scenario] = {
-    "D_fixed_cost": Scenario(300, 10, 1, 0),
+    "D_fixed_cost": Scenario(2000, 10, 1, 0),
     "A_back_to_back": Scenario(50, 50, 200, 0),
     "B_spaced_100": Scenario(100, 100, 20, 20),
     "C_slow_1000": Scenario(1000, 1000, 30, 200),
