@@ -179,7 +179,8 @@ def start(target: str, upstream: str, *, redis_url: str | None = None) -> Iterat
                 "model_list:\n  - model_name: sim-1\n    litellm_params:\n"
                 f"      model: openai/sim-1\n      api_base: {upstream}\n      api_key: unused\n"
             )
-            command = [str(litellm_binary()), "--config", str(config), "--port", str(port)]
+            command = [str(litellm_binary()), "--config", str(config), "--host", "127.0.0.1"]
+            command += ["--port", str(port)]
             command += ["--num_workers", "1"]
         else:
             command = [PYTHON, "-m", "gateway", "serve", "--port", str(port)]
