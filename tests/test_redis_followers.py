@@ -7,12 +7,13 @@ pool stops at 100 by default, and then every call of the instance fails).
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import httpx
 import httpx_sse
 import redis
 
-from tests.conftest import TIMEOUT, create, marker, wait_until
+from tests.conftest import TIMEOUT, create, marker, read_events, wait_until
 
 READERS = 120
 
@@ -75,3 +76,29 @@ def test_the_store_sends_nothing_redis_refuses(gateway, redis_server, client):
         assert "errorstat_ERR" not in admin.info("errorstats")  # NOSCRIPT is handled
     finally:
         admin.close()
+
+
+def test_a_reader_far_behind_the_follower_reads_its_backlog(gateway, redis_server, client):
+    """A second reader that starts from the beginning while the stream's follower is
+    well past its window still gets every event, in order, once."""
+    server = gateway(streams={"store": "redis"}, redis={"url": redis_server.url})
+    events_url = create(client, server.url, f"{marker()} [[sim tokens=200 delay_ms=10]]")
+    first: list[tuple[str, str, str]] = []
+
+    def follow() -> None:
+        with httpx.Client(timeout=TIMEOUT) as own:
+            first.extend((e.event, e.id, e.data) for e in read_events(own, events_url))
+
+    reader = threading.Thread(target=follow)
+    with httpx_sse.connect_sse(client, "GET", events_url) as source:
+        reader.start()  # attached and followed from here on
+        seen = 0
+        for event in source.iter_sse():
+            seen += bool(event.data)
+            if seen == 150:  # well past the follower's window of 64
+                break
+    with httpx.Client(timeout=TIMEOUT) as late:
+        second = [(e.event, e.id, e.data) for e in read_events(late, events_url)]
+    reader.join(TIMEOUT.read)
+    assert [int(id) for _, id, _ in second] == list(range(1, 202))
+    assert second == first

@@ -72,8 +72,9 @@ _CALL_TIMEOUT = 5.0
 _RECONNECT_DELAY = 0.5
 #: Pauses between the attempts of an append while Redis is away.
 _APPEND_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
-#: Newest events a follower keeps for its readers; a reader further behind reads Redis.
-_FOLLOW_WINDOW = 512
+#: Newest events a follower keeps for its readers (a bound on memory per stream read
+#: here); a reader further behind reads its backlog from Redis.
+_FOLLOW_WINDOW = 64
 #: Connections beyond one per stream: appends, reader counts, signals, limits.
 _POOL_SPARE = 64
 
