@@ -68,15 +68,18 @@ $(VENV)/.bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@ $(VENV)/.run
 
-## Benchmark (docs/performance.md): direct, reference, naive and gateway side by side.
-## REPEAT=1 for a quick look; SCENARIOS="A_saturation D_fixed_cost" to pick scenarios.
+## Benchmark (docs/performance.md): direct, reference, naive and gateway (memory and Redis
+## store) side by side, each server pinned to a core of its own. LITELLM=path/to/bin/litellm adds
+## LiteLLM's proxy from a venv of its own (python -m venv /opt/litellm && /opt/litellm/bin/pip
+## install 'litellm[proxy]'). REPEAT=1 for a quick look; SCENARIOS="A_back_to_back D_fixed_cost".
 ## Results go to bench/results/; PUBLISH=1 replaces the published docs/performance*.{json,md}.
-REPEAT ?= 3
+REPEAT ?= 2
 SCENARIOS ?=
 PUBLISH ?=
+LITELLM ?=
 bench: $(VENV)/.bench
 	$(BIN)/python -m bench.run --repeat $(REPEAT) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
-		$(if $(PUBLISH),--output docs/performance.json)
+		$(if $(LITELLM),--litellm $(LITELLM)) $(if $(PUBLISH),--output docs/performance.json)
 
 # System packages the suite drives for real (Debian): the browser for the web tests,
 # nginx and redis-server for the deployment tests.

@@ -8,23 +8,30 @@ parsing their JSON, to keep the client cheap.
 import argparse
 import asyncio
 import json
+import re
+import sys
 import time
 
 import aiohttp
+import uvloop
 
 from gateway.decoder import SSEDecoder
 
-OPENAI_TOKEN = '"content": "'
-OPENAI_EMPTY = '"content": ""'
+#: A chunk with content (json.dumps writes `": "`, pydantic, in LiteLLM, `":"`).
+OPENAI_TOKEN = re.compile(r'"content":\s?"(?!")')
+
+
+class Open:
+    """How many responses are open right now, and the most at once."""
+
+    now = 0
+    peak = 0
 
 
 async def one(session: aiohttp.ClientSession, args: argparse.Namespace) -> dict[str, float]:
     prompt = f"bench [[sim tokens={args.tokens} delay_ms={args.delay_ms}]]"
     messages = [{"role": "user", "content": prompt}]
     started = time.perf_counter()
-    first = None
-    tokens = 0
-    done = False
     if args.kind == "openai":
         body = {"model": "sim-1", "messages": messages, "stream": True}
         response = await session.post(f"{args.url}/v1/chat/completions", json=body)
@@ -36,11 +43,25 @@ async def one(session: aiohttp.ClientSession, args: argparse.Namespace) -> dict[
         headers = {"Accept": "text/event-stream"}
         response = await session.post(args.url, json={"messages": messages}, headers=headers)
     decoder = SSEDecoder()
+    Open.now += 1
+    Open.peak = max(Open.peak, Open.now)
+    try:
+        return await read(response, decoder, started, args)
+    finally:
+        Open.now -= 1
+
+
+async def read(
+    response: aiohttp.ClientResponse, decoder: SSEDecoder, started: float, args: argparse.Namespace
+) -> dict[str, float]:
+    first = None
+    tokens = 0
+    done = False
     async with response:
         async for data in response.content.iter_any():
             for event in decoder.feed(data):
                 if args.kind == "openai":
-                    is_token = OPENAI_TOKEN in event.data and OPENAI_EMPTY not in event.data
+                    is_token = OPENAI_TOKEN.search(event.data) is not None
                     done = done or event.data.startswith("[DONE]")
                 else:
                     is_token = event.event == "token"
@@ -52,53 +73,50 @@ async def one(session: aiohttp.ClientSession, args: argparse.Namespace) -> dict[
     return {"ttft": (first or time.perf_counter()) - started, "tokens": tokens, "ok": done}
 
 
-async def main(args: argparse.Namespace) -> None:
+async def load(args: argparse.Namespace) -> dict[str, object]:
+    """Run one scenario: `streams` streams, at most `concurrency` at a time."""
+    Open.now = Open.peak = 0
     limit = asyncio.Semaphore(args.concurrency)
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     results: list[dict[str, float]] = []
     failures = 0
 
-    async def run(index: int) -> None:
+    async def run() -> None:
         nonlocal failures
-        await asyncio.sleep(index / args.ramp if args.ramp else 0)
         async with limit:
             try:
-                results.append(await one(session, args))
+                async with asyncio.timeout(args.timeout):  # whatever aiohttp's timeouts cover
+                    results.append(await one(session, args))
             except (TimeoutError, aiohttp.ClientError, KeyError):
                 failures += 1
 
     cpu = time.process_time()
     started = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(run(i) for i in range(args.streams)))
+        await asyncio.gather(*(run() for _ in range(args.streams)))
     wall = time.perf_counter() - started
-    print(
-        json.dumps(
-            {
-                "streams": args.streams,
-                "completed": sum(1 for r in results if r["ok"]),
-                "failed": failures + sum(1 for r in results if not r["ok"]),
-                "tokens": sum(r["tokens"] for r in results),
-                "wall": wall,
-                "ttft": sorted(r["ttft"] for r in results),
-                "client_cpu": time.process_time() - cpu,
-            }
-        )
-    )
+    return {
+        "streams": args.streams,
+        "completed": sum(1 for r in results if r["ok"]),
+        "failed": failures + sum(1 for r in results if not r["ok"]),
+        "tokens": sum(r["tokens"] for r in results),
+        "wall": wall,
+        "ttft": sorted(r["ttft"] for r in results),
+        "client_cpu": time.process_time() - cpu,
+        "peak_open": Open.peak,
+    }
+
+
+def main() -> None:
+    """One scenario per line of stdin (a JSON object of `load`'s arguments: kind, url,
+    streams, concurrency, tokens, delay_ms, timeout), one JSON report per line of
+    stdout; the process lives on between them, so its start is paid once."""
+    for line in sys.stdin:
+        report = uvloop.run(load(argparse.Namespace(**json.loads(line))))
+        sys.stdout.buffer.write(json.dumps(report).encode() + b"\n")
+        sys.stdout.buffer.flush()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--kind", choices=["openai", "sse", "gateway2"], required=True)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--streams", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--delay-ms", type=int, default=0)
-    parser.add_argument("--ramp", type=float, default=0, help="streams started per second")
-    parser.add_argument("--timeout", type=float, default=120)
-    args = parser.parse_args()
-    import uvloop
-
-    uvloop.run(main(args))
+    main()

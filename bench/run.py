@@ -1,11 +1,17 @@
-"""`make bench`: direct, reference, naive and gateway side by side, in one run.
+"""`make bench`: direct, reference, naive, gateway (memory and Redis store) and,
+optionally, LiteLLM's proxy side by side, in one run.
 
-Every target is a separate server process in front of the same simulator
-process; the load client is a third process. Server CPU comes from
-/proc/<pid>/stat, memory from /proc/<pid>/status. Results go to
-bench/results/performance.json and, as tables, performance-results.md beside
-it; `--output docs/performance.json` (`make bench PUBLISH=1`) replaces the
-published ones. docs/performance.md is the written analysis.
+The upstream mock (bench/upstream.py) runs once; every scenario and target gets
+a fresh server process in front of it, pinned to a core of its own, and the
+load client (bench/client.py) runs as another process on the other core with
+the mock. Server CPU comes from /proc/<pid>/stat, memory from /proc/<pid>/status;
+the mock's own CPU share is recorded too, and a scenario where the direct row
+(the client reading the mock itself) degrades is marked invalid by the report.
+
+Results go to bench/results/performance.json and, rendered, to
+performance-results.md beside it; `--output docs/performance.json`
+(`make bench PUBLISH=1`) replaces the published ones. `--smoke` runs every
+scenario and target at tiny sizes in seconds (tests/test_bench.py).
 """
 
 from __future__ import annotations
@@ -14,108 +20,80 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
-import httpx
-
+from bench import eventmem, systems
 from bench.report import render
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-TICKS = os.sysconf("SC_CLK_TCK")
-TARGETS = ["direct", "reference", "naive", "gateway"]
 
-# name: (streams, concurrency, tokens, delay_ms, ramp per second)
-SCENARIOS: dict[str, tuple[int, int, int, int, float]] = {
-    "A_saturation": (50, 50, 200, 0, 0),
-    "B_ttft_1": (20, 1, 20, 20, 0),
-    "B_ttft_100": (200, 100, 20, 20, 0),
-    "C_slow_1000": (1000, 1000, 30, 200, 1000),
-    "C_slow_5000": (5000, 5000, 30, 200, 2000),
-    "D_fixed_cost": (300, 10, 1, 0, 0),
+@dataclass(frozen=True)
+class Scenario:
+    streams: int
+    #: Streams open at once (all of them when equal to `streams`: they arrive together).
+    concurrency: int
+    tokens: int
+    #: Between the upstream's tokens.
+    delay_ms: int
+    #: The client's total timeout per stream, in seconds.
+    timeout: float = 120
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "D_fixed_cost": Scenario(2000, 10, 1, 0),
+    "A_back_to_back": Scenario(50, 50, 200, 0),
+    "B_spaced_100": Scenario(100, 100, 20, 20),
+    "C_slow_1000": Scenario(1000, 1000, 30, 200),
+    "C_slow_10000": Scenario(10_000, 10_000, 30, 200, timeout=180),
 }
+#: In-process, no servers: bytes per stored event (bench/eventmem.py).
+EVENT_MEMORY = "E_event_memory"
+#: Every target but LiteLLM's proxy, which `--litellm` adds (it lives in a venv of its own).
+TARGETS = [name for name in systems.TARGETS if name != "litellm"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def smoke(scenario: Scenario) -> Scenario:
+    """The same scenario at a size that runs in a moment."""
+    return replace(scenario, streams=3, concurrency=3, tokens=3, delay_ms=min(scenario.delay_ms, 5))
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+class Client:
+    """The load client process (bench/client.py): one per target, on the others' core;
+    each `run` is one scenario."""
 
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [systems.PYTHON, "-m", "bench.client"],
+            cwd=systems.ROOT,
+            env={**os.environ, "PYTHONPATH": str(systems.ROOT)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    def run(self, kind: str, url: str, scenario: Scenario) -> dict:
+        streams, concurrency, tokens, delay_ms, timeout = astuple(scenario)
+        request = {"kind": kind, "url": url, "streams": streams, "concurrency": concurrency}
+        request |= {"tokens": tokens, "delay_ms": delay_ms, "timeout": timeout}
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(json.dumps(request).encode() + b"\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()  # the client's own timeout bounds this
+        if not line:
+            raise RuntimeError("the load client exited")
+        return json.loads(line)
 
-
-def answers(port: int, probe: str | None) -> bool:
-    """Whether the server on `port` takes connections (and answers GET `probe`)."""
-    try:
-        if probe is None:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        else:
-            httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=1)
-    except (OSError, httpx.TransportError):
-        return False
-    return True
-
-
-@contextmanager
-def serve(command: list[str], port: int, env: dict[str, str], probe: str | None) -> Iterator[int]:
-    """Start a server process and wait until it answers; yields its pid."""
-    process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not answers(port, probe):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{command} did not start")
-            time.sleep(0.1)
-        yield process.pid
-    finally:
-        process.terminate()
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
         try:
-            process.wait(timeout=20)
+            self._process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def target_command(target: str, port: int, upstream: str) -> tuple[list[str], dict[str, str]]:
-    uvicorn = [PYTHON, "-m", "uvicorn", "--port", str(port), "--log-level", "warning"]
-    uvicorn += ["--backlog", "8192", "--timeout-keep-alive", "30"]
-    if target in ("reference", "naive"):
-        return [*uvicorn, f"bench.{target}:app"], {"BENCH_UPSTREAM": upstream}
-    env = {
-        "GATEWAY_UPSTREAM__BASE_URL": upstream,
-        "GATEWAY_SIMULATOR__ENABLED": "false",
-        "GATEWAY_LIMITS__MAX_CONCURRENT_STREAMS": "20000",
-    }
-    command = [PYTHON, "-m", "gateway", "serve", "--port", str(port), "--log-level", "warning"]
-    return command, env
-
-
-def run_client(kind: str, url: str, scenario: tuple[int, int, int, int, float]) -> dict:
-    streams, concurrency, tokens, delay_ms, ramp = scenario
-    command = [PYTHON, str(ROOT / "bench" / "client.py"), "--kind", kind, "--url", url]
-    command += ["--streams", str(streams), "--concurrency", str(concurrency)]
-    command += ["--tokens", str(tokens), "--delay-ms", str(delay_ms), "--ramp", str(ramp)]
-    output = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
-    return json.loads(output.stdout)
+            self._process.kill()
+            self._process.wait()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -124,96 +102,166 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def measure(target: str, scenario: tuple, sim_url: str) -> dict:
-    """One run of one scenario against one target."""
-    if target == "direct":
-        return summarize(run_client("openai", sim_url, scenario), None, None)
-    port = free_port()
-    command, env = target_command(target, port, f"{sim_url}/v1")
-    probe = "/healthz" if target == "gateway" else None
-    with serve(command, port, env, probe) as pid:
-        kind, url = ("sse", f"http://127.0.0.1:{port}/stream")
-        if target == "gateway":
-            kind, url = ("sse", f"http://127.0.0.1:{port}/api/stream")
-            if scenario is SCENARIOS["D_fixed_cost"]:
-                kind, url = ("gateway2", f"http://127.0.0.1:{port}")
-        # Warm up connections and code paths, then measure.
-        run_client(kind, url, (10, 10, 5, 0, 0))
-        peak = [rss_bytes(pid)]
-        rss0, cpu0 = peak[0], cpu_seconds(pid)
-        stop = threading.Event()
+@contextmanager
+def sampled(pids: dict[str, int]) -> Iterator[dict[str, float]]:
+    """CPU seconds of each process over the block, and the server's RSS growth (peak)."""
+    server = pids.get("server")
+    peak = [systems.rss_bytes(server)] if server else [0]
+    cpu0 = {name: systems.cpu_seconds(pid) for name, pid in pids.items()}
+    stop = threading.Event()
 
-        def sample() -> None:
-            while not stop.wait(0.1):
-                peak.append(rss_bytes(pid))
+    def sample() -> None:
+        while server and not stop.wait(0.1):
+            peak.append(systems.rss_bytes(server))
 
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
-            report = run_client(kind, url, scenario)
-        finally:
-            stop.set()
-            sampler.join()
-        return summarize(report, cpu_seconds(pid) - cpu0, max(peak) - rss0)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    usage: dict[str, float] = {}
+    try:
+        yield usage
+    finally:
+        stop.set()
+        sampler.join()
+        for name, pid in pids.items():
+            usage[f"{name}_cpu_s"] = systems.cpu_seconds(pid) - cpu0[name]
+        usage["rss_growth"] = max(peak) - peak[0]
 
 
-def summarize(report: dict, server_cpu: float | None, rss_growth: int | None) -> dict:
+@contextmanager
+def running(target: str, mock: tuple[str, int]) -> Iterator[tuple[str, dict[str, int], Client]]:
+    """`target` started in front of the mock (with its Redis); yields its URL, the pids
+    to measure and a load client."""
+    mock_url, mock_pid = mock
+    with ExitStack() as stack:
+        pids = {"mock": mock_pid}
+        redis_url = None
+        if target == "gateway_redis":
+            redis_url, pids["redis"] = stack.enter_context(systems.redis_server())
+        url = mock_url
+        if target != "direct":
+            url, pids["server"] = stack.enter_context(
+                systems.start(target, f"{mock_url}/v1", redis_url=redis_url)
+            )
+        client = Client()
+        stack.callback(client.close)
+        yield url, pids, client
+
+
+def measure(
+    client: Client, target: str, name: str, scenario: Scenario, url: str, pids: dict[str, int]
+) -> dict:
+    """One run of one scenario against a running target."""
+    spec = systems.TARGETS[target]
+    kind = "gateway2" if spec.two_step and name == "D_fixed_cost" else spec.kind
+    url += spec.path if kind == "sse" else ""
+    if target != "direct":  # warm up connections and code paths, then measure
+        client.run(kind, url, Scenario(5, 5, 3, 0))
+    with sampled(pids) as usage:
+        report = client.run(kind, url, scenario)
+    return summarize(report, usage)
+
+
+def runs(
+    args: argparse.Namespace, targets: list[str], mock: tuple[str, int]
+) -> Iterator[tuple[str, str, dict]]:
+    """(scenario, target, result) of every run; each gets a fresh server, except in
+    a smoke run, where each target serves every scenario in turn."""
+    scenarios = [n for n in args.scenarios if n in SCENARIOS]
+    for repetition in range(args.repeat):
+        if EVENT_MEMORY in args.scenarios:
+            yield EVENT_MEMORY, "gateway", eventmem.measure(100 if args.smoke else 10_000)
+        pairs = [(t, [n]) for n in scenarios for t in targets]
+        if args.smoke:
+            pairs = [(t, scenarios) for t in targets]
+        for target, names in pairs:
+            with running(target, mock) as (url, pids, client):
+                for name in names:
+                    scenario = smoke(SCENARIOS[name]) if args.smoke else SCENARIOS[name]
+                    run = measure(client, target, name, scenario, url, pids)
+                    print(f"[{repetition + 1}/{args.repeat}] {name:15} {target:13} {brief(run)}")
+                    yield name, target, run
+
+
+def summarize(report: dict, usage: dict[str, float]) -> dict:
     ttft = report.pop("ttft")
-    streams = report["streams"]
+    streams, wall = report["streams"], report["wall"]
     report |= {
         "ttft_p50_ms": percentile(ttft, 0.5) * 1000,
         "ttft_p99_ms": percentile(ttft, 0.99) * 1000,
-        "tokens_per_s": report["tokens"] / report["wall"],
-        "client_cpu_share": report["client_cpu"] / report["wall"],
+        "tokens_per_s": report["tokens"] / wall,
+        "client_cpu_share": report["client_cpu"] / wall,
+        "mock_cpu_share": usage["mock_cpu_s"] / wall,
     }
-    if server_cpu is not None:
+    if "redis_cpu_s" in usage:
+        report["redis_cpu_us_per_token"] = usage["redis_cpu_s"] / max(report["tokens"], 1) * 1e6
+    if "server_cpu_s" in usage:
+        server_cpu = usage["server_cpu_s"]
         report["server_cpu_s"] = server_cpu
+        report["server_cpu_share"] = server_cpu / wall
         report["cpu_us_per_token"] = server_cpu / max(report["tokens"], 1) * 1e6
         report["cpu_us_per_stream"] = server_cpu / streams * 1e6
-    if rss_growth is not None:
-        report["rss_kib_per_stream"] = rss_growth / 1024 / streams
+        report["rss_kib_per_stream"] = usage["rss_growth"] / 1024 / max(report["peak_open"], 1)
     return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS))
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--scenarios", nargs="*", default=[*SCENARIOS, EVENT_MEMORY])
     parser.add_argument("--targets", nargs="*", default=TARGETS)
     parser.add_argument(
+        "--litellm",
+        nargs="?",
+        const="",
+        help="add LiteLLM's proxy: its `litellm` binary (default: the one on the PATH)",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: does every part run?")
+    parser.add_argument(
         "--output",
-        default=str(ROOT / "bench" / "results" / "performance.json"),
+        default=str(systems.ROOT / "bench" / "results" / "performance.json"),
         help="where results go (`make bench PUBLISH=1`: docs/performance.json, published)",
     )
     args = parser.parse_args()
-    sim_port = free_port()
-    sim = [PYTHON, "-m", "gateway", "simulate", "--port", str(sim_port), "--log-level", "warning"]
+    descriptors = systems.raise_descriptor_limit()
+    os.sched_setaffinity(0, systems.OTHERS_CPU)  # the mock and the client inherit it
+    if args.litellm:
+        systems.LITELLM = args.litellm
+    wanted = [*args.targets, *(["litellm"] if args.litellm is not None else [])]
+    skipped = {t: why for t in wanted if (why := systems.unavailable(t))}
+    targets = [t for t in wanted if t not in skipped]
     results: dict[str, dict[str, list[dict]]] = {}
-    with serve(sim, sim_port, {}, "/v1/models"):
-        for repetition in range(args.repeat):
-            for name in args.scenarios:
-                for target in args.targets:
-                    run = measure(target, SCENARIOS[name], f"http://127.0.0.1:{sim_port}")
-                    results.setdefault(name, {}).setdefault(target, []).append(run)
-                    print(f"[{repetition + 1}/{args.repeat}] {name:13} {target:9} {brief(run)}")
+    mock_port = systems.free_port()
+    mock = [systems.PYTHON, "-m", "bench.upstream", "--port", str(mock_port)]
     document = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
+        "pinning": f"server on core {sorted(systems.SERVER_CPU)}, mock, Redis and client "
+        f"on {sorted(systems.OTHERS_CPU)}; open-file limit {descriptors}",
         "repeat": args.repeat,
-        "scenarios": {name: SCENARIOS[name] for name in args.scenarios},
+        "smoke": args.smoke,
+        "scenarios": {
+            n: astuple(smoke(SCENARIOS[n]) if args.smoke else SCENARIOS[n])
+            for n in args.scenarios
+            if n in SCENARIOS
+        },
+        "skipped": skipped,
         "runs": results,
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(document, indent=2))
     tables = output.with_name(output.stem + "-results.md")
+    with systems.serve(mock, mock_port, {}, systems.OTHERS_CPU) as mock_pid:
+        for name, target, run in runs(args, targets, (f"http://127.0.0.1:{mock_port}", mock_pid)):
+            results.setdefault(name, {}).setdefault(target, []).append(run)
+            output.write_text(json.dumps(document, indent=2))  # after each run: kept if cut
     tables.write_text(render(document))
     print(f"wrote {output} and {tables}")
 
 
 def brief(run: dict) -> str:
-    keys = ["completed", "failed", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms"]
-    keys += ["cpu_us_per_token", "cpu_us_per_stream", "rss_kib_per_stream", "client_cpu_share"]
+    keys = ["completed", "failed", "peak_open", "tokens_per_s", "ttft_p50_ms", "ttft_p99_ms"]
+    keys += ["cpu_us_per_token", "cpu_us_per_stream", "rss_kib_per_stream"]
+    keys += ["client_cpu_share", "mock_cpu_share"]
     return " ".join(f"{k}={run[k]:.4g}" for k in keys if k in run)
 
 

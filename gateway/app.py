@@ -88,9 +88,10 @@ def create_app(
             tasks.start_soon(_supervised, "stream store", store.run)
             tasks.start_soon(_supervised, "slot releases", limits.run)
             generations = Generations(settings, store, router, tasks, metrics)
-            AppState(settings, store, generations, metrics, router, auth, limits).publish(app)
+            state = AppState(settings, store, generations, metrics, router, auth, limits)
+            state.publish(app)
             timeout = settings.server.drain_timeout
-            on_exit = await tasks.start(_drain_on_exit, generations, timeout)
+            on_exit = await tasks.start(_drain_on_exit, state, timeout)
             async with _metrics_listener(metrics, settings):
                 yield {EXIT_NOTICE: on_exit}  # the server calls it when it starts to exit
             await generations.drain(timeout)
@@ -153,7 +154,7 @@ async def _supervised(name: str, work: Callable[[], Awaitable[None]]) -> None:
 
 
 async def _drain_on_exit(
-    generations: Generations,
+    state: AppState,
     timeout: float,
     *,
     task_status: TaskStatus[Callable[[], None]] = anyio.TASK_STATUS_IGNORED,
@@ -174,7 +175,8 @@ async def _drain_on_exit(
 
     task_status.started(notice)
     await exiting.wait()
-    await generations.drain(timeout)
+    state.exits.exiting()  # readers end after their grace (see StreamResponse)
+    await state.generations.drain(timeout)
 
 
 def _metrics_listener(metrics: Metrics, settings: Settings) -> AbstractAsyncContextManager[None]:

@@ -2,16 +2,23 @@
 
 `StreamResponse` is attached as a reader for its whole life (that is what
 keeps the disconnect grace from firing) and writes either SSE frames or, for
-the seed's `/api/stream` contract, the raw token text. sse-starlette does the
-ASGI work: it notices the client leaving, drops a client that does not take a
-write within `sse.send_timeout`, and lets streams drain on server shutdown.
+the seed's `/api/stream` contract, the raw token text.
+
+It is a plain ASGI response with one helper task, not sse-starlette's
+`EventSourceResponse` (four tasks in a task group per reader): the heartbeat
+is the timeout of the store read, each write has `sse.send_timeout` to be
+taken (a client that does not read is dropped), one task waits for the
+client's disconnect and cancels the response, and the app's `Exits` ends the
+responses when the server exits (after `_shutdown_grace`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import aclosing
 from typing import Literal, Protocol
 
 import anyio
@@ -26,7 +33,14 @@ from gateway.events import HEARTBEAT, frame, retry
 from gateway.metrics import Metrics
 from gateway.stores import StoredEvent, StreamStore
 
-__all__ = ["Encoder", "StreamResponse", "error_response", "send_within", "sse_error_response"]
+__all__ = [
+    "Encoder",
+    "Exits",
+    "StreamResponse",
+    "error_response",
+    "send_within",
+    "sse_error_response",
+]
 
 logger = logging.getLogger("gateway.responses")
 
@@ -71,10 +85,12 @@ class StreamResponse:
         hold: bool = False,
         headers: dict[str, str] | None = None,
         encoder: Encoder | None = None,
+        exits: Exits | None = None,
     ) -> None:
         """`hold` waits (up to one heartbeat) for the first event before answering,
         so a stream that fails at once is answered with its HTTP status instead.
-        `encoder` (with the `sse` format) replaces the gateway's event frames."""
+        `encoder` (with the `sse` format) replaces the gateway's event frames.
+        `exits` cuts the response when the server exits (after `_shutdown_grace`)."""
         self._store = store
         self._stream_id = stream_id
         self._settings = settings
@@ -84,6 +100,7 @@ class StreamResponse:
         self._hold = hold
         self._headers = headers
         self._encoder = encoder
+        self._exits = exits
         #: When the store became unreachable for this reader, if it is now.
         self._outage_since: float | None = None
 
@@ -97,23 +114,45 @@ class StreamResponse:
                     if first and first[0].event == "error":
                         await error_response(from_event_data(first[0].data))(scope, receive, send)
                         return
-                response = EventSourceResponse(
-                    self._body(first),
-                    headers=self._headers,
-                    media_type="text/event-stream" if self._format == "sse" else "text/plain",
-                    ping=0,
-                    sep="\n",
-                    send_timeout=sse.send_timeout,
-                    shutdown_grace_period=self._shutdown_grace(),
-                )
-                sent = self._metrics.sent_bytes.inc
-                guarded = _final_send_with_timeout(send, sse.send_timeout, sent)
-                await response(scope, receive, guarded)
+                await self._respond(scope, receive, send, first)
         except (_Aborted, SendTimeoutError) as exc:
             # Leaving the response incomplete makes the server close the
             # connection, which is how a reader learns the body is not whole.
             reason = "client too slow" if isinstance(exc, SendTimeoutError) else exc
             logger.warning("stream %s: connection dropped: %s", self._stream_id, reason)
+
+    async def _respond(
+        self, scope: Scope, receive: Receive, send: Send, first: Sequence[StoredEvent]
+    ) -> None:
+        """Write the response until the stream ends, the client leaves, or the server
+        exits (then the response is cut, incomplete)."""
+        timeout, sent = self._settings.sse.send_timeout, self._metrics.sent_bytes.inc
+        media_type = "text/event-stream" if self._format == "sse" else "text/plain"
+        headers = [(k.lower().encode(), v.encode()) for k, v in (self._headers or {}).items()]
+        given = {name for name, _ in headers}
+        headers += [header for header in _headers(media_type) if header[0] not in given]
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        await send_within(send, start, timeout)
+        if scope["method"] == "HEAD":
+            await send_within(send, {"type": "http.response.body", "body": b""}, timeout)
+            return
+        with anyio.CancelScope() as cancel:
+            disconnected = asyncio.ensure_future(_disconnect(receive))
+            disconnected.add_done_callback(lambda _: cancel.cancel())
+            exits = self._exits
+            if exits is not None:
+                exits.add(cancel, self._shutdown_grace())
+            try:
+                async with aclosing(self._body(first)) as body:
+                    async for piece in body:
+                        sent(len(piece))
+                        message = {"type": "http.response.body", "body": piece, "more_body": True}
+                        await send_within(send, message, timeout)
+                await send_within(send, {"type": "http.response.body", "body": b""}, timeout)
+            finally:
+                if exits is not None:
+                    exits.discard(cancel)
+                disconnected.cancel()
 
     def _shutdown_grace(self) -> float:
         """On shutdown, a shared store's readers are let go at once (they resume on
@@ -121,7 +160,7 @@ class StreamResponse:
         the relay's drain timeout has passed."""
         return 0 if self._store.shared else self._settings.server.drain_timeout + 1
 
-    async def _body(self, batch: Sequence[StoredEvent]) -> AsyncIterator[bytes]:
+    async def _body(self, batch: Sequence[StoredEvent]) -> AsyncGenerator[bytes, None]:
         sse, encoder = self._format == "sse", self._encoder
         if encoder:
             yield encoder.opening()
@@ -202,25 +241,55 @@ def _pieces(parts: Iterable[bytes]) -> Iterator[bytes]:
 async def send_within(send: Send, message: Message, timeout: float) -> None:
     """Send one ASGI message; a client that does not take it within `timeout`
     raises `SendTimeoutError` (it is treated as gone)."""
-    with anyio.move_on_after(timeout) as scope:
-        await send(message)
-    if scope.cancelled_caught:
-        raise SendTimeoutError()
-
-
-def _final_send_with_timeout(send: Send, timeout: float, sent: Callable[[int], None]) -> Send:
-    """sse-starlette times out data writes but not the closing one; time that out too.
-    Body sizes are reported to `sent` (the bytes metric)."""
-
-    async def guarded(message: Message) -> None:
-        if message["type"] == "http.response.body":
-            sent(len(message.get("body", b"")))
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            await send_within(send, message, timeout)
-        else:
+    try:
+        async with asyncio.timeout(timeout):
             await send(message)
+    except TimeoutError:
+        raise SendTimeoutError() from None
 
-    return guarded
+
+def _headers(media_type: str) -> list[tuple[bytes, bytes]]:
+    """The headers of every stream (sse-starlette's): uncached, unbuffered by proxies."""
+    return [
+        (b"content-type", f"{media_type}; charset=utf-8".encode()),
+        (b"cache-control", b"no-store"),
+        (b"connection", b"keep-alive"),
+        (b"x-accel-buffering", b"no"),
+    ]
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Return once the client has gone (the request body, if any, was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Exits:
+    """The responses to cut when the server exits, each after its grace period.
+
+    One per app (`AppState.exits`): the drain watcher calls `exiting` when the
+    server says it is exiting (`gateway.server`'s exit notice), instead of a
+    waiting task per response.
+    """
+
+    def __init__(self) -> None:
+        self._responses: dict[anyio.CancelScope, float] = {}
+        self._exiting = False
+
+    def add(self, response: anyio.CancelScope, grace: float) -> None:
+        self._responses[response] = grace
+        if self._exiting:
+            asyncio.get_running_loop().call_later(grace, response.cancel)
+
+    def discard(self, response: anyio.CancelScope) -> None:
+        self._responses.pop(response, None)
+
+    def exiting(self) -> None:
+        """The server is exiting: cut every response once its grace has passed."""
+        self._exiting = True
+        loop = asyncio.get_running_loop()
+        for response, grace in list(self._responses.items()):
+            loop.call_later(grace, response.cancel)
 
 
 def error_response(exc: GatewayError) -> JSONResponse:

@@ -68,7 +68,9 @@ async def stream_events(request: Request) -> Response | StreamResponse:
     if after < info.first_id - 1:
         problem = ResumeUnavailable("Events after that id are no longer kept.")
         return sse_error_response(problem, state.settings)
-    return StreamResponse(state.store, stream_id, state.settings, state.metrics, after=after)
+    return StreamResponse(
+        state.store, stream_id, state.settings, state.metrics, after=after, exits=state.exits
+    )
 
 
 async def delete_stream(request: Request) -> Response:
@@ -95,6 +97,7 @@ async def api_stream(request: Request) -> StreamResponse:
         format="sse" if wants_sse else "text",
         hold=True,
         headers={"X-Stream-ID": stream_id},
+        exits=state.exits,
     )
 
 

@@ -17,6 +17,7 @@ from gateway.descriptors import Descriptors
 from gateway.generations import Generations
 from gateway.limits import Limits
 from gateway.metrics import Metrics
+from gateway.responses import Exits
 from gateway.routing import Router
 from gateway.stores import StreamStore
 
@@ -35,6 +36,8 @@ class AppState:
     auth: Authenticator
     limits: Limits
     descriptors: Descriptors = field(default_factory=Descriptors)
+    #: The stream responses to end when the server exits.
+    exits: Exits = field(default_factory=Exits)
 
     @staticmethod
     def of(app: Starlette) -> AppState:

@@ -108,6 +108,7 @@ def _stream(state: AppState, key: str, stream_id: str, message_id: str) -> Strea
         state.metrics,
         headers=_HEADERS,
         encoder=encoder,
+        exits=state.exits,
     )
 
 

@@ -96,7 +96,12 @@ def test_memory_store_finishes_what_it_can_then_ends_with_shutdown(client, simul
 
 
 def test_redis_store_clients_resume_on_another_instance(simulator, redis_server, tmp_path):
-    settings = redis_settings(simulator, redis_server, server={"drain_timeout": 5})
+    settings = redis_settings(
+        simulator,
+        redis_server,
+        server={"drain_timeout": 5},
+        sse={"heartbeat": 0.5, "retry_ms": 200},
+    )
     with (
         gateways(tmp_path, settings, 2) as (a, b),
         Nginx(tmp_path / "nginx", [a.url[7:], b.url[7:]]) as nginx,
@@ -118,6 +123,8 @@ def test_redis_store_clients_resume_on_another_instance(simulator, redis_server,
                 connections = 0
                 with httpx.Client(timeout=TIMEOUT) as own:
                     while not got or got[-1].event not in ("done", "error"):
+                        if connections:  # as an EventSource does: wait the stream's `retry:`
+                            time.sleep(0.2)
                         connections += 1
                         headers = {"Last-Event-ID": got[-1].id} if got else {}
                         try:

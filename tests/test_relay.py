@@ -504,8 +504,8 @@ def test_shutdown_closes_the_upstream_and_ends_the_stream_with_shutdown(client, 
         create(client, url, f"{m} [[sim tokens=100 delay_ms=100]]")
         wait_until(lambda: simulator.sim.find(m) and simulator.sim.find(m)[0].tokens_sent > 0)
         store = GatewayServer(url, app).state.store
-        stream_id = next(iter(store._streams))
-        events = store._streams[stream_id].events
+        stream = store._streams[next(iter(store._streams))]
+    events = stream.since(0)
     assert events[-1].event == "error"
     assert json.loads(events[-1].data)["code"] == "shutdown"
     assert json.loads(events[-1].data)["retryable"] is True

@@ -72,6 +72,23 @@ async def test_ids_are_one_sequence_and_the_terminal_event_finishes(store: Strea
     assert [e.event for e in await store.read(stream, 1, 0.1)] == ["token", "done"]
 
 
+async def test_events_read_back_exactly_as_appended(store: StreamStore) -> None:
+    """Stores keep frames; the name and data read back must be the ones appended."""
+    stream = new_id()
+    await store.create(stream)
+    appended = [
+        ("token", '{"text": "caf\u00e9 \\n \\"quoted\\""}'),
+        ("reasoning", '{"text": "da\u00eft\u00e9 \u2028"}'),
+        ("tool_call", '{"index": 0, "arguments": "{\\"a\\": 1}"}'),
+        ("done", '{"finish_reason": "stop", "usage": null}'),
+    ]
+    for event, data in appended:
+        await store.append(stream, event, data)
+    events = await store.read(stream, 0, 0.1)
+    assert [(e.event, e.data) for e in events] == appended
+    assert [e.terminal for e in events] == [False, False, False, True]
+
+
 async def test_a_read_waits_for_the_next_event_or_times_out(store: StreamStore) -> None:
     stream = new_id()
     await store.create(stream)

@@ -635,3 +635,15 @@ def test_over_the_concurrency_limit_is_503_with_retry_after(client, gateway):
     assert response.status_code == 201, response.text
     events = read_events(client, f"{server.url}{response.json()['events_url']}")
     assert [e.event for e in events] == ["token", "done"]
+
+
+def test_head_answers_the_headers_without_streaming(client, url):
+    events_url = create(client, url, f"{marker()} [[sim tokens=100 delay_ms=100]]")  # ~10 s
+    response = client.head(events_url, timeout=httpx.Timeout(3.0))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.content == b""
+    # The stream itself is untouched: a GET reads it from the start.
+    with client.stream("GET", events_url) as stream:
+        assert next(stream.iter_lines()) == "retry: 2000"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.config import Settings
@@ -29,22 +29,53 @@ __all__ = ["STORES", "StoredEvent", "StreamInfo", "StreamStore", "create_store"]
 TERMINAL_EVENTS = frozenset({"done", "error"})
 
 
-@dataclass(frozen=True, slots=True)
 class StoredEvent:
-    id: int
-    event: str
-    #: JSON text, one line.
-    data: str
-    #: The SSE frame, encoded once and shared by every reader.
-    frame: bytes = field(repr=False, compare=False, default=b"")
+    """One event: its id and its SSE frame, encoded once and shared by every reader.
 
-    def __post_init__(self) -> None:
-        if not self.frame:
-            object.__setattr__(self, "frame", frame(self.event, self.data, self.id))
+    Only the frame is kept; the name and data are read back from it on demand
+    (the memory store keeps nothing but frames, so a stored token costs little
+    more than its bytes on the wire).
+    """
+
+    __slots__ = ("frame", "id")
+
+    def __init__(self, id: int, event: str, data: str) -> None:
+        """`data` is JSON text on one line."""
+        self.id = id
+        self.frame = frame(event, data, id)
+
+    @classmethod
+    def from_frame(cls, id: int, encoded: bytes) -> StoredEvent:
+        """The event `encoded` holds (a frame made by `__init__`)."""
+        stored = cls.__new__(cls)
+        stored.id = id
+        stored.frame = encoded
+        return stored
+
+    @property
+    def event(self) -> str:
+        start = self.frame.index(b"event: ") + 7
+        return self.frame[start : self.frame.index(b"\n", start)].decode()
+
+    @property
+    def data(self) -> str:
+        start = self.frame.index(b"\ndata: ") + 7
+        return self.frame[start:-2].replace(b"\ndata: ", b"\n").decode()
 
     @property
     def terminal(self) -> bool:
         return self.event in TERMINAL_EVENTS
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredEvent):
+            return NotImplemented
+        return self.id == other.id and self.frame == other.frame
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.frame))
+
+    def __repr__(self) -> str:
+        return f"StoredEvent(id={self.id!r}, event={self.event!r}, data={self.data!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ __all__ = ["MemoryCounters", "MemoryStore"]
 
 
 class _Stream:
-    """One stream's events and the signals its readers and generation wait on.
+    """One stream's events, as frames only, and the signals its readers and
+    generation wait on.
 
     `changed` and `readers_changed` are pulsed (set, then cleared at once):
     whoever waits at that moment wakes, later waiters wait for the next pulse.
@@ -28,15 +29,16 @@ class _Stream:
     __slots__ = (
         "cancelled",
         "changed",
-        "events",
         "expiry",
+        "frames",
         "next_id",
         "readers",
         "readers_changed",
     )
 
     def __init__(self, max_events: int) -> None:
-        self.events: deque[StoredEvent] = deque(maxlen=max_events)
+        #: The kept events' frames; ids are consecutive, up to `next_id - 1`.
+        self.frames: deque[bytes] = deque(maxlen=max_events)
         self.next_id = 1
         self.changed = asyncio.Event()
         self.cancelled = asyncio.Event()
@@ -50,14 +52,14 @@ class _Stream:
 
     @property
     def first_id(self) -> int:
-        return self.events[0].id if self.events else self.next_id
+        return self.next_id - len(self.frames)
 
     def since(self, after: int) -> list[StoredEvent]:
-        start = after + 1 - self.first_id
-        if start < 0:
+        first = self.first_id
+        if after + 1 < first:
             raise ResumeUnavailable("Events after that id are no longer kept.")
-        events = self.events
-        return [events[i] for i in range(start, len(events))]
+        frames, event = self.frames, StoredEvent.from_frame
+        return [event(first + i, frames[i]) for i in range(after + 1 - first, len(frames))]
 
     def reader_count_changed(self, delta: int) -> None:
         self.readers += delta
@@ -110,8 +112,8 @@ class MemoryStore:
         if stream.finished:
             raise RuntimeError(f"stream {stream_id} already finished")
         stored = StoredEvent(stream.next_id, event, data)
+        stream.frames.append(stored.frame)
         stream.next_id += 1
-        stream.events.append(stored)
         if stored.terminal:
             loop = asyncio.get_running_loop()
             stream.expiry = loop.call_later(self._retention, self._streams.pop, stream_id, None)

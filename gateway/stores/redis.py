@@ -19,6 +19,12 @@ was lost, is recognised as already applied instead of being stored twice or
 failing half-way (the bug of a MULTI/EXEC sent twice). The store retries a
 failed append for up to `streams.store_outage`.
 
+Readers of one stream on one instance share one follower (`_Follower`): a
+single `XREAD BLOCK` loop that keeps the stream's newest events and wakes the
+local readers, so Redis connections grow with the streams read here, not with
+their readers (the pool is sized from `limits.max_concurrent_streams`). A
+reader that is behind the follower's window reads its backlog directly.
+
 Signals (`cancel`, a reader count changed) are published on one channel; the
 generating instance wakes on them, and its renewal loop also re-reads the
 cancel flags, so a message lost while Redis was away is only late, not lost.
@@ -28,11 +34,14 @@ whose instance died, `upstream.timeouts.total + retention` after creation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import copy
 import logging
 import math
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,7 +53,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.config import Settings
-from gateway.errors import GenerationLost, NotFound, ResumeUnavailable, StoreUnavailable
+from gateway.errors import (
+    GatewayError,
+    GenerationLost,
+    NotFound,
+    ResumeUnavailable,
+    StoreUnavailable,
+)
 from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo
 
 __all__ = ["RedisCounters", "RedisStore"]
@@ -57,6 +72,11 @@ _CALL_TIMEOUT = 5.0
 _RECONNECT_DELAY = 0.5
 #: Pauses between the attempts of an append while Redis is away.
 _APPEND_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
+#: Newest events a follower keeps for its readers (a bound on memory per stream read
+#: here); a reader further behind reads its backlog from Redis.
+_FOLLOW_WINDOW = 64
+#: Connections beyond one per stream: appends, reader counts, signals, limits.
+_POOL_SPARE = 64
 
 # KEYS: events, meta, lease, readers, cancel
 # ARGV: id, event, data, maxlen, instance, lease ms, terminal, retention ms, unfinished s
@@ -128,6 +148,43 @@ class _Generation:
         self.readers_changed = anyio.Event()
 
 
+class _Follower:
+    """The local readers of one stream and the one task that reads Redis for them.
+
+    `changed` is pulsed (set, then cleared) whenever `events` grew or `error` changed.
+    """
+
+    __slots__ = ("changed", "error", "events", "last", "readers", "task")
+
+    def __init__(self) -> None:
+        self.events: deque[StoredEvent] = deque(maxlen=_FOLLOW_WINDOW)
+        #: The newest id read (events up to it have been seen by the follower).
+        self.last = 0
+        self.readers = 0
+        self.changed = asyncio.Event()
+        #: Why the last read of Redis failed, until one succeeds.
+        self.error: GatewayError | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def since(self, after: int) -> list[StoredEvent] | None:
+        """The kept events after `after`; None when some of them are no longer kept."""
+        events = self.events
+        first = events[0].id if events else self.last + 1
+        if after + 1 < first:
+            return None
+        return [events[i] for i in range(after + 1 - first, len(events))]
+
+    def add(self, batch: Sequence[StoredEvent]) -> None:
+        self.events.extend(batch)
+        self.last = batch[-1].id
+        self.error = None
+        self.pulse()
+
+    def pulse(self) -> None:
+        self.changed.set()
+        self.changed.clear()
+
+
 class RedisStore:
     shared = True
 
@@ -149,6 +206,9 @@ class RedisStore:
         self._unleased: dict[str, float] = {}
         self._redis: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        #: One follower per stream with local readers (generated here or elsewhere).
+        self._followers: dict[str, _Follower] = {}
+        self._max_connections = 2 * settings.limits.max_concurrent_streams + _POOL_SPARE
 
     @property
     def _client(self) -> redis.Redis:
@@ -168,6 +228,13 @@ class RedisStore:
             # call after a Redis restart does not fail on a dead socket.
             health_check_interval=1,
             retry=Retry(NoBackoff(), retries=1),  # every call here is safe to repeat
+            # A follower holds a connection per stream read here: as many streams as
+            # this instance generates, and as many again generated elsewhere.
+            max_connections=self._max_connections,
+            # No CLIENT SETINFO on connect: Redis before 7.2 refuses it, and redis-py
+            # then hands that refusal to a later command on a fresh connection
+            # (hundreds of spurious `store_unavailable` in a burst of new streams).
+            driver_info=None,
         )
         self._scripts = {
             name: self._redis.register_script(script)
@@ -175,6 +242,10 @@ class RedisStore:
         }
 
     async def close(self) -> None:
+        for follower in self._followers.values():
+            if follower.task is not None:
+                follower.task.cancel()
+        self._followers.clear()
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -244,35 +315,98 @@ class RedisStore:
         return StreamInfo(first, int(last), finished != "0")
 
     async def read(self, stream_id: str, after: int, timeout: float) -> Sequence[StoredEvent]:
+        follower = self._followers.get(stream_id)
+        if follower is not None:
+            return await self._read_followed(stream_id, follower, after, timeout)
         deadline = anyio.current_time() + timeout
-        events = _key(stream_id, "events")
         while True:
             chunk = min(max(0.0, deadline - anyio.current_time()), self._lease_check)
-            async with self._calls() as client:
-                # RESP2 shape: [[key, [(entry id, {field: value}), ...]]]
-                found: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await client.xread(
-                    {events: f"{after}-0"}, block=max(1, int(chunk * 1000))
-                )  # type: ignore[assignment]
-            if found:
-                entries = found[0][1]
-                if _sse_id(entries[0][0]) != after + 1:
-                    raise ResumeUnavailable("Events after that id are no longer kept.")
-                return [
-                    StoredEvent(_sse_id(entry_id), fields["event"], fields["data"])
-                    for entry_id, fields in entries
-                ]
+            batch = await self._xread(stream_id, after, chunk)
+            if batch:
+                return batch
             if await self._check_alive(stream_id):
                 continue  # ended as lost just now: read that event
             if anyio.current_time() >= deadline:
                 return []
 
+    async def _read_followed(
+        self, stream_id: str, follower: _Follower, after: int, timeout: float
+    ) -> Sequence[StoredEvent]:
+        """A read served by the stream's follower (started by the first reader that waits)."""
+        deadline = anyio.current_time() + timeout
+        while True:
+            batch = follower.since(after)
+            if batch is None:  # behind the follower's window: read the backlog
+                batch = await self._xread(stream_id, after, None)
+            if batch:
+                return batch
+            if follower.error is not None:
+                raise copy.copy(follower.error)  # each reader its own traceback
+            if follower.task is None:
+                follower.last = max(follower.last, after)
+                follower.task = asyncio.create_task(self._follow(stream_id, follower))
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                return []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await follower.changed.wait()
+
+    async def _follow(self, stream_id: str, follower: _Follower) -> None:
+        """Read the stream for its local readers until its terminal event, or until it has
+        had no local reader for one read."""
+        try:
+            while follower.readers:
+                try:
+                    batch = await self._xread(stream_id, follower.last, self._lease_check)
+                    if batch:
+                        follower.add(batch)
+                        if batch[-1].terminal:
+                            return
+                    elif not await self._check_alive(stream_id):
+                        follower.error = None
+                except (StoreUnavailable, NotFound, ResumeUnavailable) as exc:
+                    follower.error = exc
+                    follower.pulse()
+                    if not isinstance(exc, StoreUnavailable):
+                        return
+                    await anyio.sleep(_RECONNECT_DELAY)
+        finally:
+            follower.task = None
+            if not follower.readers and self._followers.get(stream_id) is follower:
+                del self._followers[stream_id]
+
+    async def _xread(self, stream_id: str, after: int, block: float | None) -> list[StoredEvent]:
+        """The events after `after`, waiting up to `block` seconds (None: not at all)."""
+        events = _key(stream_id, "events")
+        async with self._calls() as client:
+            # RESP2 shape: [[key, [(entry id, {field: value}), ...]]]
+            found: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await client.xread(
+                {events: f"{after}-0"}, block=None if block is None else max(1, int(block * 1000))
+            )  # type: ignore[assignment]
+        if not found:
+            return []
+        entries = found[0][1]
+        if _sse_id(entries[0][0]) != after + 1:
+            raise ResumeUnavailable("Events after that id are no longer kept.")
+        return [
+            StoredEvent(_sse_id(entry_id), fields["event"], fields["data"])
+            for entry_id, fields in entries
+        ]
+
     @asynccontextmanager
     async def attach(self, stream_id: str) -> AsyncIterator[None]:
         reader = secrets.token_hex(8)
         await self._count_reader(stream_id, reader, joined=True)
+        follower = self._followers.setdefault(stream_id, _Follower())
+        follower.readers += 1
         try:
             yield
         finally:
+            follower.readers -= 1
+            idle = not follower.readers and follower.task is None
+            if idle and self._followers.get(stream_id) is follower:
+                del self._followers[stream_id]
             with anyio.CancelScope(shield=True):
                 try:
                     await self._count_reader(stream_id, reader, joined=False)
