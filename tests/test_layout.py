@@ -16,6 +16,8 @@ TESTED_ELSEWHERE: dict[str, str | None] = {
     "stores/__init__": "test_stores",  # the contract, over every store
     "stores/memory": "test_stores",
     "stores/redis": "test_stores",  # and test_redis_store, test_redis_faults
+    "stores/redis_counters": "test_stores",  # the counters' contract
+    "stores/redis_scripts": "test_stores",  # through the store and the counters
 }
 
 

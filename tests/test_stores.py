@@ -218,9 +218,9 @@ async def test_redis_lost_generation_ends_with_an_id(redis_server: RedisServer) 
 
 
 def _append_script() -> str:
-    from gateway.stores import redis as redis_store
+    from gateway.stores.redis_scripts import APPEND
 
-    script: str = redis_store._APPEND
+    script: str = APPEND
     return script
 
 

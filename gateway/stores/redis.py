@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import itertools
 import logging
 import math
 import secrets
@@ -61,8 +62,10 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo
+from gateway.stores.redis_counters import RedisCounters
+from gateway.stores.redis_scripts import APPEND, END_LOST
 
-__all__ = ["RedisCounters", "RedisStore"]
+__all__ = ["RedisStore"]
 
 logger = logging.getLogger("gateway.stores.redis")
 
@@ -77,52 +80,6 @@ _APPEND_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
 _FOLLOW_WINDOW = 64
 #: Connections beyond one per stream: appends, reader counts, signals, limits.
 _POOL_SPARE = 64
-
-# KEYS: events, meta, lease, readers, cancel
-# ARGV: id, event, data, maxlen, instance, lease ms, terminal, retention ms, unfinished s
-# Returns the id stored (or already stored by an earlier send of the same call),
-# -1 when the stream is gone, -2 when it was ended for a lost generation, -3 on a gap.
-_APPEND = """
-local meta = redis.call('HMGET', KEYS[2], 'last', 'finished')
-if not meta[1] then return -1 end
-local last, id = tonumber(meta[1]), tonumber(ARGV[1])
-if meta[2] == 'lost' then return -2 end
-if last >= id and ARGV[7] == '0' then return id end
-if meta[2] == '1' then return last end
-if last ~= id - 1 then
-  if ARGV[7] == '0' then return -3 end
-  id = last + 1
-end
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], id .. '-0', 'event', ARGV[2], 'data', ARGV[3])
-redis.call('HSET', KEYS[2], 'last', id)
-if ARGV[7] == '1' then
-  redis.call('HSET', KEYS[2], 'finished', '1')
-  for i = 1, 5 do
-    if i ~= 3 then redis.call('PEXPIRE', KEYS[i], ARGV[8]) end
-  end
-  redis.call('DEL', KEYS[3])
-else
-  if id == 1 then redis.call('EXPIRE', KEYS[1], ARGV[9]) end
-  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
-end
-return id
-"""
-
-# KEYS: events, meta, lease, readers, cancel; ARGV: data, maxlen, retention ms.
-# Ends an unfinished stream whose lease is gone; returns its new last id, 0 if it
-# was finished or leased after all, -1 when it is gone.
-_END_LOST = """
-local meta = redis.call('HMGET', KEYS[2], 'last', 'finished')
-if not meta[1] then return -1 end
-if meta[2] ~= '0' or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-local id = tonumber(meta[1]) + 1
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id .. '-0', 'event', 'error', 'data', ARGV[1])
-redis.call('HSET', KEYS[2], 'last', id, 'finished', 'lost')
-for i = 1, 5 do
-  if i ~= 3 then redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
-end
-return id
-"""
 
 
 def _key(stream_id: str, part: str) -> str:
@@ -238,7 +195,7 @@ class RedisStore:
         )
         self._scripts = {
             name: self._redis.register_script(script)
-            for name, script in (("append", _APPEND), ("end_lost", _END_LOST))
+            for name, script in (("append", APPEND), ("end_lost", END_LOST))
         }
 
     async def close(self) -> None:
@@ -464,16 +421,16 @@ class RedisStore:
         """`call` (which must be safe to repeat), tried again while Redis is away, for
         up to `streams.store_outage`."""
         deadline = time.monotonic() + self._outage
-        for attempt in range(1_000_000):
+        pauses = itertools.chain(_APPEND_BACKOFF, itertools.repeat(_APPEND_BACKOFF[-1]))
+        for pause in pauses:
             try:
                 async with self._calls():
                     return await call()
             except StoreUnavailable:
-                pause = _APPEND_BACKOFF[min(attempt, len(_APPEND_BACKOFF) - 1)]
                 if time.monotonic() + pause > deadline:
                     raise
                 await anyio.sleep(pause)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise AssertionError("unreachable")  # pragma: no cover (the pauses never end)
 
     def _generation(self, stream_id: str) -> _Generation:
         try:
@@ -590,55 +547,3 @@ class RedisStore:
 
 def _sse_id(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
-
-
-# Both scripts take the time from Redis, so instances with different clocks agree.
-_HIT = """
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-return {count, ttl}
-"""
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-
-class RedisCounters:
-    """`limits.Counters` shared by every instance, on the store's connections; each
-    operation is one atomic script or command, safe to repeat."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        calls: Callable[[], contextlib.AbstractAsyncContextManager[redis.Redis]],
-    ) -> None:
-        self._client = client
-        self._calls = calls
-        self._hit = client.register_script(_HIT)
-        self._acquire = client.register_script(_ACQUIRE)
-
-    async def hit(self, key: str, window: float) -> tuple[int, float]:
-        async with self._calls():
-            count, ttl_ms = await self._hit(keys=[key], args=[int(window * 1000)])
-        return int(count), int(ttl_ms) / 1000
-
-    async def acquire(self, key: str, member: str, limit: int, ttl: float) -> bool:
-        async with self._calls():
-            added = await self._acquire(keys=[key], args=[limit, int(ttl * 1000), member])
-        return bool(added)
-
-    async def release(self, key: str, member: str) -> None:
-        async with self._calls() as client:
-            await client.zrem(key, member)
