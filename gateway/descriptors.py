@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import time
 
 from gateway.errors import OverCapacity
 
@@ -29,11 +30,27 @@ def limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 30
 
 
+#: Descriptors one new stream may open (client, upstream, simulator), for the estimate.
+_PER_STREAM = 3
+#: The estimate is counted again at least this often (seconds).
+_RECOUNT = 1.0
+
+
 class Descriptors:
-    """Counts open descriptors against the limit; logs when it starts and stops refusing."""
+    """Counts open descriptors against the limit; logs when it starts and stops refusing.
+
+    Counting lists `/proc/self/fd`, which costs in proportion to the open streams:
+    done for every new stream, a burst of n streams costs O(n²). So while far from
+    the limit, `short` estimates instead (each check since the last count may have
+    opened `_PER_STREAM`), and counts again when the estimate comes within twice the
+    reserve, or a second has passed.
+    """
 
     def __init__(self) -> None:
         self._short = False
+        self._counted: int | None = None  # free descriptors at the last count
+        self._counted_at = 0.0
+        self._checks = 0  # checks since the last count
 
     def free(self) -> int | None:
         """Descriptors that can still be opened; None where they cannot be counted."""
@@ -44,9 +61,20 @@ class Descriptors:
             return None
         return limit() - in_use
 
+    def _free(self, reserve: int) -> int | None:
+        """`free`, or an estimate that is surely above `reserve` while that holds."""
+        now = time.monotonic()
+        if self._counted is not None and now - self._counted_at < _RECOUNT:
+            self._checks += 1
+            estimate = self._counted - _PER_STREAM * self._checks
+            if estimate > 2 * reserve:
+                return estimate
+        self._counted, self._counted_at, self._checks = self.free(), now, 0
+        return self._counted
+
     def short(self, reserve: int) -> bool:
         """Whether fewer than `reserve` are free (logged once each way)."""
-        free = self.free()
+        free = self._free(reserve)
         short = free is not None and free < reserve
         if short and not self._short:
             logger.warning(

@@ -55,3 +55,28 @@ def test_where_descriptors_cannot_be_counted_the_check_is_off(
     assert counter.free() is None
     assert not counter.short(1 << 40)
     counter.check(1 << 40)
+
+
+def test_far_from_the_limit_a_burst_does_not_count_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Listing the descriptors costs in proportion to the open streams: while far from
+    the reserve, checks estimate; near it (or a second later) they count again."""
+    counts = []
+    available = 1000
+
+    def free(self: Descriptors) -> int:
+        counts.append(available)
+        return available
+
+    monkeypatch.setattr(Descriptors, "free", free)
+    counter = Descriptors()
+    for _ in range(100):
+        assert not counter.short(10)
+    assert len(counts) == 1  # 100 new streams may take 300: still far above 2 × 10
+    counts.clear()
+    available = 700
+    counter = Descriptors()
+    for _ in range(100):
+        assert not counter.short(400)  # within twice the reserve: counted every time
+    assert len(counts) == 100
