@@ -494,7 +494,8 @@ def test_stall_times_out_and_client_gone(simulator):
         ) as stream:
             chunks, error = read_until_error(stream)
             record = only(simulator, m)
-            assert record.outcome == "fault"  # still stalled while the client is connected
+            # Stalled; the SDK may already have dropped the timed-out connection.
+            assert record.outcome in ("fault", "client_gone")
         elapsed = time.monotonic() - started
     assert type(error) is openai.APITimeoutError
     assert len(chunks) == 1 + 2
