@@ -73,7 +73,7 @@ def test_far_from_the_limit_a_burst_does_not_count_every_time(
     counter = Descriptors()
     for _ in range(100):
         assert not counter.short(10)
-    assert len(counts) == 1  # 100 new streams may take 300: still far above 2 × 10
+    assert len(counts) == 1  # 100 new streams may take 300: still far above 2 x 10
     counts.clear()
     available = 700
     counter = Descriptors()
