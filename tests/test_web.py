@@ -900,7 +900,8 @@ def test_fetch_page_shows_http_and_read_errors(gateway: StartGateway, tab: Tab) 
 
     box = page.get_by_role("textbox", name="Message")
     box.fill("")
-    send(page, "[[sim fault=drop after=3 delay_ms=20]]Cut me off")
+    # Spaced so the first tokens reach the page well before the cut (not in its last write).
+    send(page, "[[sim fault=drop after=3 delay_ms=150]]Cut me off")
     expect(page.locator("#status")).to_contain_text("incomplete")
     expect(page.locator(".message")).to_have_attribute("data-state", "error")
     assert page.locator("#answer").text_content()
