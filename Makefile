@@ -99,11 +99,11 @@ $(NODE_TESTS)/node_modules/.package-lock.json: $(NODE_TESTS)/package-lock.json
 	@if command -v npm >/dev/null; then cd $(NODE_TESTS) && npm ci --no-audit --no-fund; \
 	else echo "npm not found: the AI SDK client tests will be skipped"; fi
 
-## Install what the suite needs and run it: four workers, since most tests wait on
+## Install what the suite needs and run it: three workers, since most tests wait on
 ## sockets and timers rather than the CPU (TEST_WORKERS=0 runs it in one process).
 ## Fails if the suite covers less of gateway/ than the floor (measured: 95.8% of lines;
 ## tests/README.md); a single test file run with pytest has no floor.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 test: $(VENV)/.test system-deps $(NODE_TESTS)/node_modules/.package-lock.json
 	$(BIN)/pytest -n $(TEST_WORKERS) --cov=gateway --cov-report=term:skip-covered --cov-fail-under=95
 
