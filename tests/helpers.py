@@ -11,6 +11,7 @@ separate process would, so a test can never starve it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -334,3 +335,17 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def labelled(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """The nonzero samples of `name`, by their labels."""
     return {labels: v for (n, labels), v in samples.items() if n == name and v}
+
+
+@contextmanager
+def root_handler(handler: logging.Handler, level: int) -> Iterator[None]:
+    """`handler` on the root logger at `level` for as long as the context is open."""
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+        root.removeHandler(handler)

@@ -26,7 +26,7 @@ from gateway import logs
 from gateway.auth import hash_key, startup_warnings
 from gateway.cli import main
 from gateway.config import ConfigError, load_settings
-from tests.helpers import marker, read_events, test_settings, text_of, wait_until
+from tests.helpers import marker, read_events, root_handler, test_settings, text_of, wait_until
 
 ALICE, BOB = "alice-key-0f3b9c2e", "bob-key-77d1a04e"
 API_KEYS = {"auth": {"mode": "api_key", "api_keys": [hash_key(ALICE), hash_key(BOB)]}}
@@ -443,15 +443,8 @@ def captured_logs():
     handler = logging.StreamHandler(output)
     handler.setFormatter(logs.JsonFormatter(secrets=["sk-test-secret-key"]))
     handler.addFilter(logs.ContextFilter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    level = root.level
-    root.setLevel(logging.INFO)
-    try:
+    with root_handler(handler, logging.INFO):
         yield output
-    finally:
-        root.setLevel(level)
-        root.removeHandler(handler)
 
 
 def test_no_secret_or_prompt_reaches_the_logs(client, gateway, captured_logs):

@@ -49,7 +49,7 @@ from gateway.auth import hash_key
 from gateway.config import SimulatorSettings
 from gateway.simulator import Simulator
 from gateway.web import DEFAULT_DIRECTORY, WebMount
-from tests.helpers import GatewayServer, SimServer, marker, run_server, wait_until
+from tests.helpers import GatewayServer, SimServer, marker, root_handler, run_server, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
@@ -589,15 +589,8 @@ def log_records() -> Iterator[list[logging.LogRecord]]:
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append  # type: ignore[method-assign]
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with root_handler(handler, logging.DEBUG):
         yield records
-    finally:
-        root.setLevel(level)
-        root.removeHandler(handler)
 
 
 def credentials(mode: str) -> tuple[dict[str, Any], str]:

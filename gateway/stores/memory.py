@@ -12,7 +12,7 @@ import anyio
 
 from gateway.config import Settings
 from gateway.errors import NotFound, ResumeUnavailable
-from gateway.stores import StoredEvent, StreamInfo
+from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo
 
 __all__ = ["MemoryCounters", "MemoryStore"]
 
@@ -114,7 +114,7 @@ class MemoryStore:
         stored = StoredEvent(stream.next_id, event, data)
         stream.frames.append(stored.frame)
         stream.next_id += 1
-        if stored.terminal:
+        if event in TERMINAL_EVENTS:  # known here: not parsed back from the frame
             loop = asyncio.get_running_loop()
             stream.expiry = loop.call_later(self._retention, self._streams.pop, stream_id, None)
         _pulse(stream.changed)
