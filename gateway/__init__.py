@@ -5,7 +5,8 @@ built-in upstream for tests and demos is `gateway.simulator.Simulator`, outside 
 """
 
 from gateway.app import create_app
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings
+from gateway.config_loader import load_settings
 
 __all__ = ["ConfigError", "Settings", "__version__", "create_app", "load_settings"]
 

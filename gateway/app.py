@@ -25,7 +25,8 @@ from starlette.routing import Mount, Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.auth import Authenticator, startup_warnings
-from gateway.config import Settings, load_settings
+from gateway.config import Settings
+from gateway.config_loader import load_settings
 from gateway.errors import GatewayError, Internal, MethodNotAllowed, NotFound
 from gateway.generations import Generations
 from gateway.limits import Limits

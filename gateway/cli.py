@@ -17,16 +17,13 @@ import uvicorn
 from gateway import __version__, auth, descriptors, logs
 from gateway.app import create_app
 from gateway.config import (
-    CONFIG_ENV,
-    ENV_PREFIX,
     ConfigError,
     LoggingSettings,
     MetricsSettings,
     Settings,
     SimulatorSettings,
-    config_file,
-    load_settings,
 )
+from gateway.config_loader import CONFIG_ENV, ENV_PREFIX, config_file, load_settings
 from gateway.metrics import MULTIPROC_ENV, check_multiprocess_dir
 from gateway.server import GatewayConfig, run, uvicorn_options
 from gateway.simulator import Simulator

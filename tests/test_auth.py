@@ -22,10 +22,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway import logs
+from gateway import ConfigError, load_settings, logs
 from gateway.auth import hash_key, startup_warnings
 from gateway.cli import main
-from gateway.config import ConfigError, load_settings
 from tests.helpers import marker, read_events, root_handler, test_settings, text_of, wait_until
 
 ALICE, BOB = "alice-key-0f3b9c2e", "bob-key-77d1a04e"

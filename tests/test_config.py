@@ -1,4 +1,5 @@
-"""Settings (gateway/config.py): defaults, the YAML file, environment overrides, secrets, CLI."""
+"""Settings (gateway/config.py, config_loader.py, config_reference.py): defaults, the YAML
+file, environment overrides, secrets, the README's reference, CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from gateway import ConfigError, Settings, load_settings
-from gateway.config import reference
+from gateway.config_reference import reference
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-DO-NOT-LEAK-4f9a2b7c"
@@ -483,7 +484,7 @@ def test_readme_configuration_reference_is_the_settings_model():
     table = readme[readme.index("-->", begin) + 3 : readme.index("<!-- end of config reference")]
     assert table.strip() == reference().strip(), (
         "README.md's configuration table differs from gateway/config.py: paste the output "
-        "of `python -c 'import gateway.config as c; print(c.reference())'`"
+        "of `python -c 'import gateway.config_reference as c; print(c.reference())'`"
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from gateway.config import Settings, load_settings
+from gateway import Settings, load_settings
 from gateway.deltas import Delta, OnDelta
 from gateway.errors import StoreUnavailable, UpstreamTimeout
 from gateway.generation import Generation

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from gateway.config import load_settings
+from gateway import load_settings
 from gateway.deltas import Delta, OnDelta
 from gateway.errors import ModelNotAllowed, OverCapacity, Shutdown
 from gateway.generations import Generations

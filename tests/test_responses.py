@@ -13,7 +13,7 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Message
 
-from gateway.config import Settings, load_settings
+from gateway import Settings, load_settings
 from gateway.errors import OverCapacity, UpstreamTimeout
 from gateway.events import HEARTBEAT, frame, retry
 from gateway.metrics import Metrics

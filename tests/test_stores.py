@@ -15,7 +15,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.config import Settings, load_settings
+from gateway import Settings, load_settings
 from gateway.errors import GenerationLost, NotFound, ResumeUnavailable
 from gateway.stores import StreamStore, create_store
 from tests.helpers import RedisServer
