@@ -24,7 +24,7 @@ from gateway.config import (
     SimulatorSettings,
 )
 from gateway.config_loader import CONFIG_ENV, ENV_PREFIX, config_file, load_settings
-from gateway.metrics import MULTIPROC_ENV, check_multiprocess_dir
+from gateway.metrics_multiprocess import MULTIPROC_ENV, check_multiprocess_dir
 from gateway.server import GatewayConfig, run, uvicorn_options
 from gateway.simulator import Simulator
 

@@ -5,22 +5,12 @@ process (tests) never mix their counts. The hot paths record per stream, not
 per token, with label children bound once; the one per-token call is the
 inter-token gap (`StreamMeter.token`).
 
-Several worker processes: prometheus-client's multiprocess mode, in which
-every process writes its values to files in one directory and `/metrics`,
-whichever worker answers, adds them all up (gauges count live workers only).
-prometheus-client takes that directory from `PROMETHEUS_MULTIPROC_DIR` when it
-is first imported, so the variable must be set before the process starts:
-`sse-gateway serve --workers N` sets it to `metrics.multiprocess_dir` for its
-workers. The setting and the variable must name the same directory, or
-neither be set, or the app refuses to start: the variable alone would make
-`/metrics` show one worker's numbers, the setting alone could not be obeyed.
+With several worker processes, `/metrics` adds up every worker's values
+(`gateway.metrics_multiprocess`).
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,44 +26,32 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
-    values,
 )
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.config import ConfigError, MetricsSettings
+from gateway import metrics_multiprocess
+from gateway.config import MetricsSettings
 from gateway.errors import GatewayError
 
 __all__ = [
     "LATENCY_BUCKETS",
-    "MULTIPROC_ENV",
     "TOKEN_GAP_BUCKETS",
     "Metrics",
     "StreamMeter",
     "UpstreamRequest",
-    "check_multiprocess_dir",
 ]
 
 #: Time to first token and request durations: 10 ms to 60 s (models may think first).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 #: Gaps between tokens are usually tens of milliseconds; a stall shows in the top buckets.
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
-#: prometheus-client's multiprocess directory, read when it is imported.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*_(\d+)\.db$")
 
 
 class Metrics:
     def __init__(self, settings: MetricsSettings) -> None:
         self._directory = settings.multiprocess_dir
-        check_multiprocess_dir(self._directory)
-        if self._directory and values.ValueClass is values.MutexValue:
-            raise ConfigError(
-                f"metrics.multiprocess_dir: {MULTIPROC_ENV} was set after prometheus_client "
-                "was imported; it must be set before the process starts"
-            )
+        metrics_multiprocess.check_shared_values(self._directory)
         registry = self._registry = CollectorRegistry()
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
@@ -191,12 +169,9 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text Prometheus scrapes."""
-        if not self._directory:
-            return generate_latest(self._registry)
-        _forget_dead_workers(self._directory)
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=self._directory)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        if self._directory:
+            return metrics_multiprocess.exposition(self._directory)
+        return generate_latest(self._registry)
 
     async def endpoint(self, request: Request) -> Response:
         """`GET /metrics`."""
@@ -311,34 +286,3 @@ class UpstreamRequest:
         status = str(self.status) if self.status is not None else "none"
         self._metrics.upstream_requests.labels(status, self.outcome).inc()
         self._metrics.upstream_request_duration.observe(self.duration)
-
-
-def check_multiprocess_dir(directory: str | None) -> None:
-    """`metrics.multiprocess_dir` (`directory`) and PROMETHEUS_MULTIPROC_DIR name the
-    same directory, or neither is set; raises `ConfigError` otherwise."""
-    exported = os.environ.get(MULTIPROC_ENV)
-    if directory is not None and not os.path.isdir(directory):
-        raise ConfigError(f"metrics.multiprocess_dir: {directory} is not a directory")
-    if exported != directory:
-        raise ConfigError(
-            f"metrics.multiprocess_dir is {directory or 'not set'} but {MULTIPROC_ENV} is "
-            f"{exported or 'not set'}: they must name the same directory (`sse-gateway serve "
-            "--workers N` sets the variable for its workers; one process needs neither)"
-        )
-
-
-def _forget_dead_workers(directory: str) -> None:
-    """Drop the gauges of workers that died without saying so (uvicorn has no hook):
-    their streams are gone. Their counters stay, so totals never go backwards."""
-    pids = set()
-    for path in glob.glob(os.path.join(directory, "gauge_live*.db")):
-        match = _LIVE_GAUGE_FILE.search(path)
-        if match:
-            pids.add(int(match.group(1)))
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-        except PermissionError:
-            pass  # alive, under another user
