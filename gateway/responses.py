@@ -34,6 +34,7 @@ from gateway.metrics import Metrics
 from gateway.stores import StoredEvent, StreamStore
 
 __all__ = [
+    "AppParts",
     "Encoder",
     "Exits",
     "StreamResponse",
@@ -72,35 +73,49 @@ class Encoder(Protocol):
         """Called once the terminal event has been written to the client."""
 
 
+class AppParts(Protocol):
+    """What a response uses of the app: `AppState` has it all (so this module need
+    not know the state), a test may give just these."""
+
+    @property
+    def store(self) -> StreamStore: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def exits(self) -> Exits:
+        """Cuts the response when the server exits (after `_shutdown_grace`)."""
+
+
 class StreamResponse:
     def __init__(
         self,
-        store: StreamStore,
+        app: AppParts,
         stream_id: str,
-        settings: Settings,
-        metrics: Metrics,
         *,
         after: int = 0,
         format: Format = "sse",
         hold: bool = False,
         headers: dict[str, str] | None = None,
         encoder: Encoder | None = None,
-        exits: Exits | None = None,
     ) -> None:
         """`hold` waits (up to one heartbeat) for the first event before answering,
         so a stream that fails at once is answered with its HTTP status instead.
-        `encoder` (with the `sse` format) replaces the gateway's event frames.
-        `exits` cuts the response when the server exits (after `_shutdown_grace`)."""
-        self._store = store
+        `encoder` (with the `sse` format) replaces the gateway's event frames."""
+        self._store = app.store
         self._stream_id = stream_id
-        self._settings = settings
-        self._metrics = metrics
+        self._settings = app.settings
+        self._metrics = app.metrics
+        self._exits = app.exits
         self._after = after
         self._format = format
         self._hold = hold
         self._headers = headers
         self._encoder = encoder
-        self._exits = exits
         #: When the store became unreachable for this reader, if it is now.
         self._outage_since: float | None = None
 
@@ -139,9 +154,7 @@ class StreamResponse:
         with anyio.CancelScope() as cancel:
             disconnected = asyncio.ensure_future(_disconnect(receive))
             disconnected.add_done_callback(lambda _: cancel.cancel())
-            exits = self._exits
-            if exits is not None:
-                exits.add(cancel, self._shutdown_grace())
+            self._exits.add(cancel, self._shutdown_grace())
             try:
                 async with aclosing(self._body(first)) as body:
                     async for piece in body:
@@ -150,8 +163,7 @@ class StreamResponse:
                         await send_within(send, message, timeout)
                 await send_within(send, {"type": "http.response.body", "body": b""}, timeout)
             finally:
-                if exits is not None:
-                    exits.discard(cancel)
+                self._exits.discard(cancel)
                 disconnected.cancel()
 
     def _shutdown_grace(self) -> float:

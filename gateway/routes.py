@@ -68,9 +68,7 @@ async def stream_events(request: Request) -> Response | StreamResponse:
     if after < info.first_id - 1:
         problem = ResumeUnavailable("Events after that id are no longer kept.")
         return sse_error_response(problem, state.settings)
-    return StreamResponse(
-        state.store, stream_id, state.settings, state.metrics, after=after, exits=state.exits
-    )
+    return StreamResponse(state, stream_id, after=after)
 
 
 async def delete_stream(request: Request) -> Response:
@@ -90,14 +88,11 @@ async def api_stream(request: Request) -> StreamResponse:
     stream_id = await start_generation(state, identity, payload.to_chat())
     wants_sse = "text/event-stream" in request.headers.get("accept", "")
     return StreamResponse(
-        state.store,
+        state,
         stream_id,
-        state.settings,
-        state.metrics,
         format="sse" if wants_sse else "text",
         hold=True,
         headers={"X-Stream-ID": stream_id},
-        exits=state.exits,
     )
 
 

@@ -101,15 +101,7 @@ def chat_request(body: UIChatRequest, limits: LimitSettings) -> ChatRequest:
 
 def _stream(state: AppState, key: str, stream_id: str, message_id: str) -> StreamResponse:
     encoder = _UIEncoder(state.store, key, stream_id, message_id)
-    return StreamResponse(
-        state.store,
-        stream_id,
-        state.settings,
-        state.metrics,
-        headers=_HEADERS,
-        encoder=encoder,
-        exits=state.exits,
-    )
+    return StreamResponse(state, stream_id, headers=_HEADERS, encoder=encoder)
 
 
 def _chat_key(identity: Identity, chat_id: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -17,7 +18,7 @@ from gateway import Settings, load_settings
 from gateway.errors import OverCapacity, UpstreamTimeout
 from gateway.events import HEARTBEAT, frame, retry
 from gateway.metrics import Metrics
-from gateway.responses import StreamResponse, error_response, sse_error_response
+from gateway.responses import Exits, StreamResponse, error_response, sse_error_response
 from gateway.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
@@ -42,8 +43,18 @@ async def get(app: ASGIApp) -> httpx.Response:
             return await client.get("/")
 
 
+@dataclass
+class Parts:
+    """What a response uses of the app (`AppParts`)."""
+
+    store: MemoryStore
+    settings: Settings
+    metrics: Metrics
+    exits: Exits = field(default_factory=Exits)
+
+
 def response(store: MemoryStore, config: Settings, **kwargs: Any) -> StreamResponse:
-    return StreamResponse(store, "s", config, Metrics(config.metrics), **kwargs)
+    return StreamResponse(Parts(store, config, Metrics(config.metrics)), "s", **kwargs)
 
 
 async def test_sse_is_the_retry_then_each_stored_frame_then_the_end() -> None:
