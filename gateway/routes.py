@@ -13,24 +13,33 @@ from starlette.routing import BaseRoute, Route
 from gateway.auth import Identity
 from gateway.errors import NotFound, ResumeUnavailable
 from gateway.events import parse_last_event_id
-from gateway.payloads import ChatRequest, LegacyRequest, read_payload
+from gateway.payloads import ChatRequest, LegacyRequest, Payload, read_payload
 from gateway.responses import StreamResponse, sse_error_response
 from gateway.state import AppState
 
-__all__ = ["routes", "start_generation"]
+__all__ = ["read_request", "routes", "start_generation"]
 
 
 async def create_stream(request: Request) -> Response:
     state = AppState.of(request.app)
-    identity = state.auth.identify(request.headers, request.client)
-    await state.limits.check_rate(identity)
-    chat = await read_payload(request, ChatRequest, state.settings.limits)
+    identity, chat = await read_request(state, request, ChatRequest)
     stream_id = await start_generation(state, identity, chat)
     return JSONResponse(
         {"id": stream_id, "events_url": state.auth.events_url(stream_id)},
         status_code=201,
         headers={"Location": f"/v1/streams/{stream_id}/events"},  # no token: headers get logged
     )
+
+
+async def read_request(
+    state: AppState, request: Request, model: type[Payload]
+) -> tuple[Identity, Payload]:
+    """Who calls and what they ask, for an endpoint that starts a generation, checked
+    in this order: the caller (401), their rate (429, before the body is read), then
+    the body as `model` (413, 415, 400, 422)."""
+    identity = state.auth.identify(request.headers, request.client)
+    await state.limits.check_rate(identity)
+    return identity, await read_payload(request, model, state.settings.limits)
 
 
 async def start_generation(state: AppState, identity: Identity, chat: ChatRequest) -> str:
@@ -82,9 +91,7 @@ async def delete_stream(request: Request) -> Response:
 async def api_stream(request: Request) -> StreamResponse:
     """The seed's contract: raw text, or SSE when the client accepts it."""
     state = AppState.of(request.app)
-    identity = state.auth.identify(request.headers, request.client)
-    await state.limits.check_rate(identity)
-    payload = await read_payload(request, LegacyRequest, state.settings.limits)
+    identity, payload = await read_request(state, request, LegacyRequest)
     stream_id = await start_generation(state, identity, payload.to_chat())
     wants_sse = "text/event-stream" in request.headers.get("accept", "")
     return StreamResponse(

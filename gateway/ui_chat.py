@@ -28,9 +28,9 @@ from starlette.routing import BaseRoute, Route
 from gateway.auth import Identity
 from gateway.config import LimitSettings
 from gateway.errors import GatewayError
-from gateway.payloads import ChatMessage, ChatRequest, check_limits, read_payload
+from gateway.payloads import ChatMessage, ChatRequest, check_limits
 from gateway.responses import StreamResponse
-from gateway.routes import start_generation
+from gateway.routes import read_request, start_generation
 from gateway.state import AppState
 from gateway.stores import StoredEvent, StreamStore
 from gateway.ui_messages import UIChatRequest, chat_messages
@@ -49,9 +49,7 @@ _HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 
 async def send_messages(request: Request) -> Response | StreamResponse:
     state = AppState.of(request.app)
-    identity = state.auth.identify(request.headers, request.client)
-    await state.limits.check_rate(identity)
-    body = await read_payload(request, UIChatRequest, state.settings.limits)
+    identity, body = await read_request(state, request, UIChatRequest)
     chat = chat_request(body, state.settings.limits)
     stream_id = await start_generation(state, identity, chat)
     key = _chat_key(identity, body.id)

@@ -11,6 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway import create_app
+from gateway.auth import hash_key
 from gateway.stores.memory import MemoryStore
 from tests.helpers import ScriptedRouter, offline_settings, read_frames
 
@@ -132,3 +133,22 @@ def test_readiness_fails_when_the_store_is_down() -> None:
     assert ready.status_code == 503
     assert ready.json()["error"]["code"] == "not_ready"
     assert "store" in ready.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/streams", "/api/stream", "/v1/ui/chat"])
+def test_a_create_is_refused_for_its_caller_then_its_rate_then_its_body(path: str) -> None:
+    """`read_request`'s order: no key is 401 and a caller over their rate is 429 before
+    the body is read (a body that is not JSON would be 415)."""
+    key = "order-key-5c0e7a91"
+    auth = {"mode": "api_key", "api_keys": [hash_key(key)]}
+    settings = offline_settings(
+        web={"enabled": False}, auth=auth, limits={"requests_per_minute": 1}
+    )
+    not_json = {"content-type": "text/plain"}
+    with TestClient(create_app(settings, router=ScriptedRouter())) as client:
+        assert client.post(path, content=b"x", headers=not_json).status_code == 401
+        caller = {**not_json, "authorization": f"Bearer {key}"}
+        assert client.post(path, content=b"x", headers=caller).status_code == 415
+        refused = client.post(path, content=b"x", headers=caller)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "rate_limited"
