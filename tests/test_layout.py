@@ -1,9 +1,11 @@
 """The tests' own layout (tests/README.md): a test module per package module, and
-test modules that import helpers, never conftest.py or one another."""
+test modules that import helpers, never conftest.py or one another; and the
+package as ARCHITECTURE.md's module table lists it."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -50,3 +52,11 @@ def test_test_modules_import_helpers_not_fixtures_or_other_tests() -> None:
                 if name == "tests.conftest" or name.startswith("tests.test_")
             ]
     assert found == []
+
+
+def test_architecture_lists_every_module_once() -> None:
+    """ARCHITECTURE.md's table "Where each thing lives" is the package, no more, no less."""
+    text = (TESTS.parent / "ARCHITECTURE.md").read_text()
+    listed = re.findall(r"^\| `([\w/]+\.py)` \|", text, re.MULTILINE)
+    modules = [path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")]
+    assert sorted(listed) == sorted(modules)
