@@ -30,13 +30,13 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.config import Settings
 from gateway.errors import GatewayError, StoreUnavailable, from_event_data
 from gateway.events import HEARTBEAT, frame, retry
+from gateway.exits import Exits
 from gateway.metrics import Metrics
 from gateway.stores import StoredEvent, StreamStore
 
 __all__ = [
     "AppParts",
     "Encoder",
-    "Exits",
     "StreamResponse",
     "error_response",
     "send_within",
@@ -274,34 +274,6 @@ async def _disconnect(receive: Receive) -> None:
     """Return once the client has gone (the request body, if any, was read already)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-class Exits:
-    """The responses to cut when the server exits, each after its grace period.
-
-    One per app (`AppState.exits`): the drain watcher calls `exiting` when the
-    server says it is exiting (`gateway.server`'s exit notice), instead of a
-    waiting task per response.
-    """
-
-    def __init__(self) -> None:
-        self._responses: dict[anyio.CancelScope, float] = {}
-        self._exiting = False
-
-    def add(self, response: anyio.CancelScope, grace: float) -> None:
-        self._responses[response] = grace
-        if self._exiting:
-            asyncio.get_running_loop().call_later(grace, response.cancel)
-
-    def discard(self, response: anyio.CancelScope) -> None:
-        self._responses.pop(response, None)
-
-    def exiting(self) -> None:
-        """The server is exiting: cut every response once its grace has passed."""
-        self._exiting = True
-        loop = asyncio.get_running_loop()
-        for response, grace in list(self._responses.items()):
-            loop.call_later(grace, response.cancel)
 
 
 def error_response(exc: GatewayError) -> JSONResponse:

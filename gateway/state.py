@@ -14,10 +14,10 @@ from starlette.applications import Starlette
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.descriptors import Descriptors
+from gateway.exits import Exits
 from gateway.generations import Generations
 from gateway.limits import Limits
 from gateway.metrics import Metrics
-from gateway.responses import Exits
 from gateway.routing import Router
 from gateway.stores import StreamStore
 

@@ -17,6 +17,7 @@ TESTED_ELSEWHERE: dict[str, str | None] = {
     "__main__": None,  # `python -m gateway` calls cli.main
     "config_loader": "test_config",  # loading is how the settings are tested
     "config_reference": "test_config",  # the README's table
+    "exits": "test_drain",  # readers cut on SIGTERM, after their grace
     "stores/__init__": "test_stores",  # the contract, over every store
     "stores/memory": "test_stores",
     "stores/redis": "test_stores",  # and test_redis_store, test_redis_faults

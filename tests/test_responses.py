@@ -17,8 +17,9 @@ from starlette.types import ASGIApp, Message
 from gateway import Settings, load_settings
 from gateway.errors import OverCapacity, UpstreamTimeout
 from gateway.events import HEARTBEAT, frame, retry
+from gateway.exits import Exits
 from gateway.metrics import Metrics
-from gateway.responses import Exits, StreamResponse, error_response, sse_error_response
+from gateway.responses import StreamResponse, error_response, sse_error_response
 from gateway.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
