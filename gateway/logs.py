@@ -44,8 +44,8 @@ stream_id: ContextVar[str | None] = ContextVar("stream_id", default=None)
 
 REDACTED = "[REDACTED]"
 
-#: Loggers that print request options (prompts) or headers at DEBUG.
-_QUIET_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "aiohttp")
+#: The upstream client's loggers, which print requests and headers at DEBUG.
+_QUIET_LOGGERS = ("aiohttp",)
 
 _SECRETS = [
     re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+"),

@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-import openai
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
@@ -277,8 +276,6 @@ class UpstreamRequest:
             self.outcome = "done"
         elif isinstance(exc, GatewayError):
             self.outcome = exc.code
-            if isinstance(exc.__cause__, openai.APIStatusError):
-                self.status = exc.__cause__.status_code
         elif isinstance(exc, anyio.get_cancelled_exc_class()):
             self.outcome = "cancelled"
         else:

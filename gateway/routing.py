@@ -6,7 +6,7 @@ by a list of upstreams tried in order. An upstream that fails before the
 first token with a retryable error (cannot connect, timeout, 429, 5xx, a
 broken answer) hands the request to the next one after a short backoff;
 once a token was handed on, a failure is the answer. Every upstream is one
-`AsyncOpenAI` client, made once and closed with the router.
+aiohttp session, made once and closed with the router.
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ class Router:
         self._default = settings.upstream.model
         table: dict[str, Sequence[UpstreamSettings]] = {self._default: [settings.upstream]}
         table.update(settings.routes)
+        pool_size = settings.limits.max_concurrent_streams
         self._routes = {
-            model: [Upstream(target, settings.base_url_of(target), metrics) for target in targets]
+            model: [
+                Upstream(target, settings.base_url_of(target), metrics, pool_size=pool_size)
+                for target in targets
+            ]
             for model, targets in table.items()
         }
 

@@ -1,5 +1,6 @@
-"""The upstream's failures as gateway errors: the one place that reads `openai` and
-`httpx2` exceptions (and the error objects upstreams send mid-stream).
+"""The upstream's failures as gateway errors: the one place that reads aiohttp's
+exceptions and an upstream's error responses (and the error objects upstreams
+send mid-stream).
 
 The upstream's own account of an error is passed on (`upstream_detail`): its
 HTTP status and its error object's `message`, `type`, `code` and `param`,
@@ -11,14 +12,14 @@ request. A `Retry-After` is believed up to `_MAX_RETRY_AFTER`.
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx2
-import openai
+import aiohttp
 
 from gateway.errors import (
     UpstreamAuth,
@@ -31,7 +32,7 @@ from gateway.errors import (
 )
 from gateway.logs import REDACTED, redact
 
-__all__ = ["from_upstream", "upstream_detail"]
+__all__ = ["from_status", "from_transport", "upstream_detail"]
 
 #: The longest `Retry-After` passed on from an upstream: beyond it, a client should
 #: rather try again than believe the upstream.
@@ -42,31 +43,38 @@ _MAX_DETAIL = 1000
 _KEY = re.compile(r"\b(?:sk|pk|rk|gsk|xai|key)[-_][\w*.-]{6,}", re.IGNORECASE)
 
 
-def from_upstream(exc: Exception, *, streaming: bool) -> UpstreamError:
-    """Translate an `openai` or `httpx2` exception; `streaming` means the response had begun."""
-    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not _refused(exc):
+def from_status(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+    """An error response (`status` 400 and up), from its headers and (part of) its body."""
+    if status in (401, 403):
+        return UpstreamAuth(f"The upstream answered HTTP {status}.")
+    upstream = upstream_detail(_error_object(body), status)
+    message = upstream.get("message") or f"The upstream answered HTTP {status}."
+    if status == 429:
+        return UpstreamRateLimited(message, retry_after=_retry_after(headers), upstream=upstream)
+    if status < 500:
+        return UpstreamBadRequest(message, upstream=upstream)
+    return UpstreamFailed(message, upstream=upstream)
+
+
+def from_transport(exc: Exception, *, streaming: bool) -> UpstreamError:
+    """Translate an aiohttp exception (or a socket timeout); `streaming` means the
+    answer's body had begun."""
+    if isinstance(exc, TimeoutError):  # aiohttp's connect and read timeouts are ones too
         return UpstreamTimeout()
-    if isinstance(exc, httpx2.HTTPError):  # raised while reading a streamed body
+    if streaming:
         return UpstreamFailed("The upstream connection was lost mid-stream.")
-    if isinstance(exc, openai.APIConnectionError):
-        if streaming:
-            return UpstreamFailed("The upstream connection was lost mid-stream.")
+    if isinstance(exc, aiohttp.ClientConnectionError):
         return UpstreamUnavailable()
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status in (401, 403):
-            return UpstreamAuth(f"The upstream answered HTTP {status}.")
-        upstream = upstream_detail(exc.body, status)
-        message = upstream.get("message") or f"The upstream answered HTTP {status}."
-        if status == 429:
-            retry_after = _retry_after(exc.response.headers)
-            return UpstreamRateLimited(message, retry_after=retry_after, upstream=upstream)
-        if 400 <= status < 500:
-            return UpstreamBadRequest(message, upstream=upstream)
-        return UpstreamFailed(message, upstream=upstream)
-    if isinstance(exc, openai.APIError):
-        return UpstreamFailed("The upstream reported an error mid-stream.")
-    return UpstreamFailed()
+    return UpstreamFailed()  # e.g. a response aiohttp cannot parse
+
+
+def _error_object(body: bytes) -> Any:
+    """An error body as JSON when it is JSON, else its text (None when empty)."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text or None
 
 
 def upstream_detail(body: Any, status: int | None = None) -> dict[str, Any]:
@@ -84,20 +92,6 @@ def upstream_detail(body: Any, status: int | None = None) -> dict[str, Any]:
         elif isinstance(value, int) and not isinstance(value, bool):
             detail[key] = value
     return detail
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether a "timeout" was really a refused connection.
-
-    The SDK's aiohttp transport maps every connect failure to `ConnectTimeout`;
-    the socket error underneath tells a refusal from a real timeout.
-    """
-    cause = exc.__cause__
-    while cause is not None:
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            return True
-        cause = cause.__cause__
-    return False
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

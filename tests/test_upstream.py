@@ -8,7 +8,10 @@ come from a scripted upstream that writes exact bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -241,3 +244,81 @@ def test_the_upstreams_own_error_reaches_the_caller(hostile, client):
             assert caught.value.status_code == 400
             assert caught.value.body == CONTEXT_ERROR["error"]
     assert [prompt for prompt in RECEIVED if prompt == tag] == [tag, tag]  # one request per call
+
+
+# -- an upstream that breaks HTTP ------------------------------------------------------
+
+#: What the raw upstream writes back, whatever was asked, for a prompt holding the key.
+RAW_REPLIES: dict[str, bytes] = {
+    "closes-at-once": b"",
+    "absurd-header": b"HTTP/1.1 200 OK\r\nX-Absurd: " + b"a" * 100_000 + b"\r\n\r\n",
+    "not-http": b"SSH-2.0-OpenSSH_9.6\r\n",
+    "huge-error-page": (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html\r\n"
+        b"Content-Length: 8000000\r\n\r\n" + b"<p>down</p>" + b" " * 7_999_989
+    ),
+}
+
+
+def raw_reply(conn: socket.socket) -> None:
+    """Read one request (headers, then `Content-Length` bytes), answer from RAW_REPLIES."""
+    with conn:
+        conn.settimeout(10)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(65536)
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            body += conn.recv(65536)
+        prompt = json.loads(body)["messages"][-1]["content"]
+        reply = next(value for key, value in RAW_REPLIES.items() if key in prompt)
+        with contextlib.suppress(OSError):  # the gateway may stop reading an error page early
+            conn.sendall(reply)
+
+
+@pytest.fixture(scope="module")
+def raw_upstream() -> Iterator[str]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                threading.Thread(target=raw_reply, args=(conn,), daemon=True).start()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/v1"
+        stop.set()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("key", "code", "message"),
+    [
+        ("closes-at-once", "upstream_unavailable", None),
+        ("absurd-header", "upstream_error", None),
+        ("not-http", "upstream_error", None),
+        ("huge-error-page", "upstream_error", "<p>down</p>"),
+    ],
+)
+def test_an_upstream_that_breaks_http_is_a_clean_error(
+    gateway, client, raw_upstream, key, code, message
+):
+    url = gateway(upstream={"base_url": raw_upstream, "retries": 0}).url
+    events = read_events(client, create(client, url, f"{key} {marker()}"))
+    assert [event.event for event in events] == ["error"]
+    error = strict(events[-1].data)
+    assert (error["code"], error["retryable"]) == (code, True)
+    if message is not None:
+        assert error["message"] == message
+        assert error["upstream"] == {"status": 503, "message": message}
