@@ -1,6 +1,6 @@
 """One generation: a supervised race whose every ending writes exactly one terminal event.
 
-A generation is a race of contenders in one task group; the first to finish
+A generation is a race of contenders, a task each; the first to finish
 decides the outcome and cancels the others (see ARCHITECTURE.md):
 
 - the upstream answer completes (`done`) or fails (`error` with its code);
@@ -18,6 +18,7 @@ event, each step on its own so that one failing cannot skip the next.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -194,25 +195,40 @@ def outcome_name(outcome: Outcome | None) -> str:
 async def race(*contenders: Callable[[], Awaitable[Outcome]]) -> Outcome:
     """Run the contenders together; the first to finish wins and cancels the rest.
 
-    A contender that raises finishes with its exception as its outcome.
+    A contender that raises finishes with its exception as its outcome. Plain
+    asyncio tasks, not an anyio task group: per stream they cost a third of the
+    memory and CPU, and the race needs none of a task group's error handling
+    (no contender raises). The rest are cancelled and awaited, shielded, before
+    the race returns or passes a cancellation on.
     """
-    winner: Outcome | None = None
-    async with anyio.create_task_group() as group:
+    loop = asyncio.get_running_loop()
+    first: asyncio.Future[Outcome] = loop.create_future()
 
-        async def run(contender: Callable[[], Awaitable[Outcome]]) -> None:
-            nonlocal winner
-            try:
-                outcome = await contender()
-            except Exception as exc:
-                outcome = _as_outcome(exc)
-            if winner is None:
-                winner = outcome
-                group.cancel_scope.cancel()
+    def finished(task: asyncio.Task[Outcome]) -> None:
+        if first.done() or task.cancelled():
+            return
+        if (exc := task.exception()) is not None:  # a BaseException: not an outcome
+            first.set_exception(exc)
+        else:
+            first.set_result(task.result())
 
-        for contender in contenders:
-            group.start_soon(run, contender)
-    assert winner is not None
-    return winner
+    tasks = [loop.create_task(_outcome_of(contender)) for contender in contenders]
+    for task in tasks:
+        task.add_done_callback(finished)
+    try:
+        return await first
+    finally:
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait(tasks)
+
+
+async def _outcome_of(contender: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    try:
+        return await contender()
+    except Exception as exc:
+        return _as_outcome(exc)
 
 
 def _as_outcome(exc: Exception) -> GatewayError:
