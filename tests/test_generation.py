@@ -228,6 +228,24 @@ async def test_cancel_wins_and_closes_the_upstream() -> None:
     assert (slot.released, outcome) == (1, "cancelled")
 
 
+class Fatal(BaseException):
+    """Not an `Exception`: no contender may turn it into an outcome."""
+
+
+async def test_a_base_exception_leaves_the_race_and_the_stream_still_ends() -> None:
+    store = ScriptedStore()
+
+    async def fatal(on_token: OnDelta) -> Finish:
+        raise Fatal()
+
+    generation, slot = await new_generation(store, fatal)
+    with anyio.fail_after(WATCHDOG), pytest.raises(Fatal):
+        async with store.attach("s"):
+            await generation.run()
+    assert check_stream(store.events("s"))[0] == "error"
+    assert slot.released == 1
+
+
 async def test_no_reader_for_the_grace_ends_client_gone() -> None:
     store = ScriptedStore()
     generation, slot = await new_generation(store, scripted(gap=10), grace=0.01)
