@@ -196,39 +196,41 @@ async def race(*contenders: Callable[[], Awaitable[Outcome]]) -> Outcome:
     """Run the contenders together; the first to finish wins and cancels the rest.
 
     A contender that raises finishes with its exception as its outcome. Plain
-    asyncio tasks, not an anyio task group: per stream they cost a third of the
-    memory and CPU, and the race needs none of a task group's error handling
-    (no contender raises). The rest are cancelled and awaited, shielded, before
-    the race returns or passes a cancellation on.
+    asyncio tasks, each in a cancel scope, not an anyio task group: per stream
+    they cost less memory and CPU, and the race needs none of a task group's
+    error handling (no contender raises). The losers' scopes are cancelled (an
+    anyio scope keeps cancelling until the contender has left it, whatever it
+    catches) and their tasks awaited, shielded, before the race returns or
+    passes a drain's cancellation on.
     """
     loop = asyncio.get_running_loop()
     first: asyncio.Future[Outcome] = loop.create_future()
 
-    def finished(task: asyncio.Task[Outcome]) -> None:
-        if first.done() or task.cancelled():
-            return
-        if (exc := task.exception()) is not None:  # a BaseException: not an outcome
-            first.set_exception(exc)
-        else:
-            first.set_result(task.result())
+    async def run(contender: Callable[[], Awaitable[Outcome]], scope: anyio.CancelScope) -> None:
+        with scope:
+            try:
+                outcome = await contender()
+            except Exception as exc:
+                outcome = _as_outcome(exc)
+            except BaseException as exc:  # not an outcome: it leaves the race
+                if not (first.done() or isinstance(exc, anyio.get_cancelled_exc_class())):
+                    first.set_exception(exc)
+                raise
+            if not first.done():
+                first.set_result(outcome)
 
-    tasks = [loop.create_task(_outcome_of(contender)) for contender in contenders]
-    for task in tasks:
-        task.add_done_callback(finished)
+    scopes = [anyio.CancelScope() for _ in contenders]
+    tasks = [loop.create_task(run(*pair)) for pair in zip(contenders, scopes, strict=True)]
     try:
         return await first
     finally:
-        for task in tasks:
-            task.cancel()
+        for scope in scopes:
+            scope.cancel()
         with anyio.CancelScope(shield=True):
             await asyncio.wait(tasks)
-
-
-async def _outcome_of(contender: Callable[[], Awaitable[Outcome]]) -> Outcome:
-    try:
-        return await contender()
-    except Exception as exc:
-        return _as_outcome(exc)
+        for task in tasks:  # a BaseException was passed on through `first`
+            if not task.cancelled():
+                task.exception()
 
 
 def _as_outcome(exc: Exception) -> GatewayError:

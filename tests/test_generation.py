@@ -228,6 +228,25 @@ async def test_cancel_wins_and_closes_the_upstream() -> None:
     assert (slot.released, outcome) == (1, "cancelled")
 
 
+class StubbornStore(ScriptedStore):
+    """Its cancellation wait swallows the first cancellation, as some client libraries
+    do inside a call (with one plain cancellation, a Redis store wait did not end)."""
+
+    async def wait_cancelled(self, stream_id: str) -> None:
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            pass
+        await anyio.sleep_forever()
+
+
+@pytest.mark.timeout(2 * WATCHDOG)  # a race that waits for a loser forever hangs, shielded
+async def test_a_loser_that_swallows_a_cancellation_still_ends() -> None:
+    events, slot, outcome = await generate(StubbornStore(), scripted())
+    assert check_stream(events) == ("done", "".join(TOKENS))
+    assert (slot.released, outcome) == (1, "done")
+
+
 class Fatal(BaseException):
     """Not an `Exception`: no contender may turn it into an outcome."""
 
