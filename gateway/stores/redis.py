@@ -63,6 +63,7 @@ from gateway.errors import (
 )
 from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo
 from gateway.stores.redis_counters import RedisCounters
+from gateway.stores.redis_pipelining import PipelinedScript
 from gateway.stores.redis_scripts import APPEND, END_LOST
 
 __all__ = ["RedisStore"]
@@ -93,10 +94,12 @@ def _keys(stream_id: str) -> list[str]:
 class _Generation:
     """What the instance generating a stream keeps locally."""
 
-    __slots__ = ("cancelled", "next_id", "readers_changed")
+    __slots__ = ("cancelled", "next_id", "readers_changed", "stored")
 
     def __init__(self) -> None:
         self.next_id = 1
+        #: The newest id known stored.
+        self.stored = 0
         self.cancelled = anyio.Event()
         self.readers_changed = anyio.Event()
 
@@ -108,10 +111,11 @@ class _Generation:
 class _Follower:
     """The local readers of one stream and the one task that reads Redis for them.
 
-    `changed` is pulsed (set, then cleared) whenever `events` grew or `error` changed.
+    `changed` is pulsed (set, then cleared) whenever `events` grew or `error` changed;
+    `missed` is set when this instance stored an event the follower has to read.
     """
 
-    __slots__ = ("changed", "error", "events", "last", "readers", "task")
+    __slots__ = ("changed", "error", "events", "last", "missed", "readers", "task")
 
     def __init__(self) -> None:
         self.events: deque[StoredEvent] = deque(maxlen=_FOLLOW_WINDOW)
@@ -119,6 +123,7 @@ class _Follower:
         self.last = 0
         self.readers = 0
         self.changed = asyncio.Event()
+        self.missed = asyncio.Event()
         #: Why the last read of Redis failed, until one succeeds.
         self.error: GatewayError | None = None
         self.task: asyncio.Task[None] | None = None
@@ -131,11 +136,39 @@ class _Follower:
             return None
         return [events[i] for i in range(after + 1 - first, len(events))]
 
+    @property
+    def ended(self) -> bool:
+        return bool(self.events) and self.events[-1].terminal
+
     def add(self, batch: Sequence[StoredEvent]) -> None:
-        self.events.extend(batch)
-        self.last = batch[-1].id
+        """Keep the events of `batch` not kept yet (it starts at most at `last + 1`)."""
+        fresh = batch[max(0, self.last + 1 - batch[0].id) :]
+        if fresh:
+            self.events.extend(fresh)
+            self.last = fresh[-1].id
         self.error = None
         self.pulse()
+
+    def offer(self, event: StoredEvent) -> None:
+        """An event just stored by this instance: kept if it is the next one, else the
+        follower's task is woken to read what it missed."""
+        if event.id == self.last + 1:
+            self.add([event])
+        else:
+            self.missed.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until `changed` is pulsed, for at most `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.changed.wait()
+
+    async def wait_missed(self, timeout: float) -> None:
+        """Until an event was `missed`, for at most `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.missed.wait()
+        self.missed.clear()
 
     def pulse(self) -> None:
         self.changed.set()
@@ -163,6 +196,7 @@ class RedisStore:
         self._unleased: dict[str, float] = {}
         self._redis: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._append: PipelinedScript | None = None
         #: One follower per stream with local readers (generated here or elsewhere).
         self._followers: dict[str, _Follower] = {}
         self._max_connections = 2 * settings.limits.max_concurrent_streams + _POOL_SPARE
@@ -193,16 +227,16 @@ class RedisStore:
             # (hundreds of spurious `store_unavailable` in a burst of new streams).
             driver_info=None,
         )
-        self._scripts = {
-            name: self._redis.register_script(script)
-            for name, script in (("append", APPEND), ("end_lost", END_LOST))
-        }
+        self._scripts = {"end_lost": self._redis.register_script(END_LOST)}
+        self._append = PipelinedScript(self._redis, APPEND)
 
     async def close(self) -> None:
         for follower in self._followers.values():
             if follower.task is not None:
                 follower.task.cancel()
         self._followers.clear()
+        if self._append is not None:
+            self._append.close()
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -241,25 +275,32 @@ class RedisStore:
         generation.next_id += 1
         args = [expected, event, data, self._max_events, self._instance, self._lease_ms]
         args += [int(terminal), self._retention_ms, self._unfinished_s]
+        append = self._append
+        assert append is not None, "the store is not open"
+        keys = _keys(stream_id)
         try:
             # Shielded: a generation cancelled mid-call must still know what was stored.
             with anyio.CancelScope(shield=True):
-                stored = await self._until_back(
-                    lambda: self._scripts["append"](keys=_keys(stream_id), args=args)
-                )
+                stored_id = int(await self._until_back(lambda: append(keys, args)))
+            if stored_id < 0:
+                raise _append_failure(stored_id)
+        except BaseException:
+            # The follower does not wait for this event: it reads what became of the stream.
+            follower = self._followers.get(stream_id)
+            if follower is not None:
+                follower.missed.set()
+            raise
         finally:
             # After its terminal event (stored or not) the generation is over here: its
             # lease lapses and readers end the stream as lost if nothing was stored.
             if terminal:
                 del self._generations[stream_id]
-        stored_id = int(stored)
-        if stored_id == -1:  # it was there when the generation began: the store lost it
-            raise GenerationLost("The store lost the stream (was Redis restarted?).")
-        if stored_id == -2:
-            raise GenerationLost("The stream was ended while the store was unreachable.")
-        if stored_id == -3:
-            raise StoreUnavailable("An event was lost while the store was unreachable.")
-        return StoredEvent(stored_id, event, data)
+        generation.stored = stored_id
+        stored_event = StoredEvent(stored_id, event, data)
+        follower = self._followers.get(stream_id)
+        if follower is not None:
+            follower.offer(stored_event)
+        return stored_event
 
     async def info(self, stream_id: str) -> StreamInfo | None:
         async with self._calls() as client, client.pipeline(transaction=True) as pipe:
@@ -305,24 +346,34 @@ class RedisStore:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 return []
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await follower.changed.wait()
+            await follower.wait(remaining)
 
     async def _follow(self, stream_id: str, follower: _Follower) -> None:
         """Read the stream for its local readers until its terminal event, or until it has
-        had no local reader for one read."""
+        had no local reader for one read.
+
+        While the stream is generated here and the follower has all it stored, its appends
+        hand their events straight to the follower (`offer`, which wakes only the
+        readers), and Redis is read only after a quiet `lease_check` (for an event
+        stored by another instance, or a lost stream).
+        """
         try:
-            while follower.readers:
+            while follower.readers and not follower.ended:
+                generation = self._generations.get(stream_id)
+                block: float | None = self._lease_check
+                if generation is not None and follower.last >= generation.stored:
+                    seen = follower.last
+                    await follower.wait_missed(self._lease_check)
+                    if follower.last != seen or generation.stored > seen:
+                        continue  # events came (or must be read): not quiet
+                    block = None
                 try:
-                    batch = await self._xread(stream_id, follower.last, self._lease_check)
+                    batch = await self._xread(stream_id, follower.last, block)
                     if batch:
                         follower.add(batch)
-                        if batch[-1].terminal:
-                            return
                     elif not await self._check_alive(stream_id):
                         follower.error = None
-                except (StoreUnavailable, NotFound, ResumeUnavailable) as exc:
+                except (StoreUnavailable, NotFound, ResumeUnavailable, GenerationLost) as exc:
                     follower.error = exc
                     follower.pulse()
                     if not isinstance(exc, StoreUnavailable):
@@ -543,6 +594,15 @@ class RedisStore:
         script = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
         async with self._calls() as client:
             await client.eval(script, 1, f"sse:chat:{{{chat_key}}}", stream_id)
+
+
+def _append_failure(reply: int) -> GatewayError:
+    """What a negative reply of the append script means."""
+    if reply == -1:  # it was there when the generation began: the store lost it
+        return GenerationLost("The store lost the stream (was Redis restarted?).")
+    if reply == -2:
+        return GenerationLost("The stream was ended while the store was unreachable.")
+    return StoreUnavailable("An event was lost while the store was unreachable.")
 
 
 def _sse_id(entry_id: str) -> int:
