@@ -94,9 +94,11 @@ def _keys(stream_id: str) -> list[str]:
 class _Generation:
     """What the instance generating a stream keeps locally."""
 
-    __slots__ = ("cancelled", "next_id", "readers_changed", "stored")
+    __slots__ = ("cancelled", "keys", "next_id", "readers_changed", "stored")
 
-    def __init__(self) -> None:
+    def __init__(self, keys: list[str]) -> None:
+        #: The stream's keys, as the scripts take them.
+        self.keys = keys
         self.next_id = 1
         #: The newest id known stored.
         self.stored = 0
@@ -263,7 +265,7 @@ class RedisStore:
             pipe.expire(meta, self._unfinished_s)
             pipe.set(_key(stream_id, "lease"), self._instance, px=self._lease_ms)
             await pipe.execute()
-        self._generations[stream_id] = _Generation()
+        self._generations[stream_id] = _Generation(_keys(stream_id))
 
     async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
         generation = self._generations.get(stream_id)
@@ -277,7 +279,7 @@ class RedisStore:
         args += [int(terminal), self._retention_ms, self._unfinished_s]
         append = self._append
         assert append is not None, "the store is not open"
-        keys = _keys(stream_id)
+        keys = generation.keys
         try:
             # Shielded: a generation cancelled mid-call must still know what was stored.
             with anyio.CancelScope(shield=True):
@@ -331,7 +333,8 @@ class RedisStore:
         self, stream_id: str, follower: _Follower, after: int, timeout: float
     ) -> Sequence[StoredEvent]:
         """A read served by the stream's follower (started by the first reader that waits)."""
-        deadline = anyio.current_time() + timeout
+        clock = asyncio.get_running_loop()
+        deadline = clock.time() + timeout
         while True:
             batch = follower.since(after)
             if batch is None:  # behind the follower's window: read the backlog
@@ -343,7 +346,7 @@ class RedisStore:
             if follower.task is None:
                 follower.last = max(follower.last, after)
                 follower.task = asyncio.create_task(self._follow(stream_id, follower))
-            remaining = deadline - anyio.current_time()
+            remaining = deadline - clock.time()
             if remaining <= 0:
                 return []
             await follower.wait(remaining)
@@ -464,9 +467,13 @@ class RedisStore:
         try:
             yield self._client
         except (RedisError, OSError) as exc:
-            self._on_error()
-            logger.warning("redis: %r", exc)
-            raise StoreUnavailable() from None
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: RedisError | OSError) -> StoreUnavailable:
+        """A failed Redis call, counted and logged, as the client sees it."""
+        self._on_error()
+        logger.warning("redis: %r", exc)
+        return StoreUnavailable()
 
     async def _until_back(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """`call` (which must be safe to repeat), tried again while Redis is away, for
@@ -475,12 +482,12 @@ class RedisStore:
         pauses = itertools.chain(_APPEND_BACKOFF, itertools.repeat(_APPEND_BACKOFF[-1]))
         for pause in pauses:
             try:
-                async with self._calls():
-                    return await call()
-            except StoreUnavailable:
-                if time.monotonic() + pause > deadline:
-                    raise
-                await anyio.sleep(pause)
+                return await call()
+            except (RedisError, OSError) as exc:
+                failure = self._failed(exc)
+            if time.monotonic() + pause > deadline:
+                raise failure
+            await anyio.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover (the pauses never end)
 
     def _generation(self, stream_id: str) -> _Generation:

@@ -105,8 +105,10 @@ class PipelinedScript:
         return replies
 
     def _pack(self, keys: Sequence[str], args: Sequence[Any]) -> bytes:
-        """`EVALSHA sha numkeys *keys *args`, as RESP."""
-        parts = [self._script.sha, str(len(keys)), *keys, *map(str, args)]
-        encoded = [part.encode() for part in parts]
-        head = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(encoded) + 1)]
-        return b"".join(head + [b"$%d\r\n%s\r\n" % (len(part), part) for part in encoded])
+        """`EVALSHA sha numkeys *keys *args`, as RESP (lengths in bytes)."""
+        parts = ["EVALSHA", self._script.sha, str(len(keys)), *keys, *map(str, args)]
+        packed = [f"*{len(parts)}\r\n"]
+        for part in parts:
+            size = len(part) if part.isascii() else len(part.encode())
+            packed.append(f"${size}\r\n{part}\r\n")
+        return "".join(packed).encode()
