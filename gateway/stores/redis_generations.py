@@ -100,15 +100,21 @@ class LocalGenerations:
         return True
 
     async def count_reader(self, stream_id: str, reader: str, *, joined: bool) -> None:
+        """Count a reader joining or leaving, and tell the stream's generation: itself if
+        it runs here, else by a signal."""
         readers = stream_key(stream_id, "readers")
+        generation = self._generations.get(stream_id)
         async with self._calls() as client, client.pipeline(transaction=False) as pipe:
             if joined:
                 pipe.hset(readers, reader, self.instance)
                 pipe.expire(readers, self._unfinished_s, nx=True)  # keep a retention expiry
             else:
                 pipe.hdel(readers, reader)
-            pipe.publish(SIGNALS, f"readers {stream_id}")
+            if generation is None:
+                pipe.publish(SIGNALS, f"readers {stream_id}")
             await pipe.execute()
+        if generation is not None:
+            generation.notify_readers()
 
     async def wait_abandoned(self, stream_id: str, grace: float, recount: float) -> None:
         """`StreamStore.wait_abandoned`; the readers are counted again at least every

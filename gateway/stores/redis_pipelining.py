@@ -36,13 +36,14 @@ class PipelinedScript:
         self._queued: list[_Call] = []
         self._sending: asyncio.Task[None] | None = None
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """The script's reply; raises what redis-py raises for the call or its pipeline."""
+    def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """The script's reply, to await; it raises what redis-py raises for the call or
+        its pipeline."""
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append((keys, args, reply))
         if self._sending is None:
             self._sending = asyncio.create_task(self._send())
-        return await reply
+        return reply
 
     def close(self) -> None:
         if self._sending is not None:
