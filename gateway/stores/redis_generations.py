@@ -3,10 +3,11 @@
 While a stream is generated here its `lease` key is renewed every third of
 `redis.lease_ttl` (and by every append), so readers anywhere know it is alive.
 `cancel` (the `DELETE` flag) and a reader count changed are signalled on one
-channel; the generation wakes on them, and the renewal also re-reads the cancel
-flags, so a message lost while Redis was away is only late, not lost. Readers
-are counted one hash field each (the disconnect grace), so a repeated call
-counts nobody twice.
+channel (a reader here of a stream generated here tells it directly); the
+generation wakes on them, and the renewal also re-reads the cancel flags, so a
+message lost while Redis was away is only late, not lost. Readers are counted
+one hash field each (the disconnect grace), so a repeated call counts nobody
+twice.
 """
 
 from __future__ import annotations
