@@ -155,7 +155,7 @@ class RedisStore:
                 self._generations.remove(stream_id)
         generation.stored = stored_id
         stored = StoredEvent(stored_id, event, data)
-        self._followers.stored(stream_id, stored)
+        self._followers.hand_over(stream_id, stored)
         return stored
 
     async def info(self, stream_id: str) -> StreamInfo | None:

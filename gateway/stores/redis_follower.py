@@ -3,7 +3,7 @@ local readers, so Redis connections grow with the streams read here, not with
 their readers.
 
 A follower is one task: for a stream generated elsewhere, an `XREAD BLOCK` loop;
-for a stream generated here, its appends hand it their events (`stored`) and it
+for a stream generated here, its appends hand it their events (`hand_over`) and it
 reads Redis only after a quiet lease check, or to catch up on what it missed. It
 keeps the stream's newest events and wakes the readers; a reader that is behind
 its window reads its backlog from Redis directly.
@@ -121,7 +121,7 @@ class Followers:
         if idle and self._followers.get(stream_id) is follower:
             del self._followers[stream_id]
 
-    def stored(self, stream_id: str, event: StoredEvent) -> None:
+    def hand_over(self, stream_id: str, event: StoredEvent) -> None:
         """An event this instance just stored: its follower keeps it if it is the next
         one, else reads what it missed."""
         follower = self._followers.get(stream_id)
@@ -171,7 +171,7 @@ class Followers:
         had no local reader for one read.
 
         While the stream is generated here and the follower has all it stored, its appends
-        hand their events straight to the follower (`stored`, which wakes only the
+        hand their events straight to the follower (`hand_over`, which wakes only the
         readers), and Redis is read only after a quiet lease check (for an event
         stored by another instance, or a lost stream).
         """
