@@ -21,7 +21,13 @@ TESTED_ELSEWHERE: dict[str, str | None] = {
     "stores/__init__": "test_stores",  # the contract, over every store
     "stores/memory": "test_stores",
     "stores/redis": "test_stores",  # and test_redis_store, test_redis_faults
+    "stores/redis_calls": "test_redis_faults",  # Redis away: store_unavailable, retries
     "stores/redis_counters": "test_stores",  # the counters' contract
+    "stores/redis_follower": "test_redis_followers",
+    "stores/redis_generations": "test_redis_store",  # cancel, leases across instances
+    "stores/redis_keys": "test_stores",  # through the store
+    "stores/redis_pipelining": "test_redis_pipelining",
+    "stores/redis_reads": "test_stores",  # and test_redis_faults (a lost generation)
     "stores/redis_scripts": "test_stores",  # through the store and the counters
 }
 

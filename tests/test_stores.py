@@ -104,6 +104,39 @@ async def test_a_read_waits_for_the_next_event_or_times_out(store: StreamStore) 
     assert [e.data for e in batch] == ['{"text": "x"}']
 
 
+async def test_attached_readers_get_every_event_once_in_order(store: StreamStore) -> None:
+    """Readers attached where the stream is generated (Redis: its appends hand their
+    events to the stream's follower), both joining after some events, each read as
+    it is stored."""
+    stream = new_id()
+    await store.create(stream)
+    got: dict[str, list[tuple[int, str]]] = {"first": [], "second": []}
+
+    async def reader(name: str, after: int) -> None:
+        async with store.attach(stream):
+            while not got[name] or got[name][-1][1] != "{}":
+                batch = await store.read(stream, after, 1)
+                got[name] += [(e.id, e.data) for e in batch]
+                after = batch[-1].id if batch else after
+
+    async def seen(last: int, *names: str) -> None:
+        while any(not got[name] or got[name][-1][0] != last for name in names):
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tasks:
+        for i in range(1, 11):
+            await store.append(stream, "token", f'{{"text": "{i}"}}')
+            if i == 2:  # the first reader joins here, from the start
+                tasks.start_soon(reader, "first", 0)
+            if i == 4:  # the second one here, after id 1 (all within max_events)
+                tasks.start_soon(reader, "second", 1)
+            await seen(i, *[name for name, start in (("first", 2), ("second", 4)) if i >= start])
+        await store.append(stream, "done", "{}")
+    expected = [(i, f'{{"text": "{i}"}}') for i in range(1, 11)] + [(11, "{}")]
+    assert got["first"] == expected
+    assert got["second"] == expected[1:]
+
+
 async def test_events_past_max_events_cannot_be_resumed(store: StreamStore) -> None:
     stream = new_id()
     await store.create(stream)

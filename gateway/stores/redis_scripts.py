@@ -1,7 +1,9 @@
 """The Redis store's Lua scripts: each one atomic step, safe to send again.
 
-Kept apart as the declarative half of `gateway.stores.redis` (the stream store)
-and `gateway.stores.redis_counters` (the limit counters).
+Kept apart as the declarative half of the stream store (`APPEND`, sent by
+`gateway.stores.redis`; `END_LOST`, by `gateway.stores.redis_reads`) and of
+`gateway.stores.redis_counters` (the limit counters). The stream scripts take
+the keys of `gateway.stores.redis_keys.stream_keys`.
 """
 
 __all__ = ["ACQUIRE", "APPEND", "END_LOST", "HIT"]
