@@ -38,7 +38,7 @@ from gateway.deltas import OnDelta, deltas
 from gateway.errors import GatewayError, UpstreamIncomplete, UpstreamTimeout
 from gateway.metrics import Metrics, UpstreamRequest
 from gateway.payloads import ChatRequest
-from gateway.upstream_errors import from_status, from_transport
+from gateway.upstream_errors import from_response, from_transport
 from gateway.watchdog import Watchdog
 
 __all__ = ["Finish", "OnChunk", "Upstream"]
@@ -49,8 +49,6 @@ logger = logging.getLogger("gateway.upstream")
 
 _DRAIN_TIMEOUT = 0.1
 _BACKOFF_BASE = 0.25
-#: The most of an error response's body read for the upstream's account of the error.
-_MAX_ERROR_BODY = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +211,7 @@ class Upstream:
                 async with self._client().post(self._url, data=body, headers=headers) as response:
                     measured.status = response.status
                     if response.status >= 400:
-                        error_body = await _read_bounded(response.content, _MAX_ERROR_BODY)
-                        raise from_status(response.status, response.headers, error_body)
+                        raise await from_response(response)
                     opened = True
                     try:
                         await answer.read(response.content.iter_any(), watchdog)
@@ -297,16 +294,6 @@ def _arguments(chat: ChatRequest) -> dict[str, Any]:
         "include_usage": True,
     }
     return fields
-
-
-async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """At most `limit` bytes of a body: an upstream's error page is not read whole."""
-    body = bytearray()
-    async for piece in content.iter_any():
-        body += piece
-        if len(body) >= limit:
-            break
-    return bytes(body[:limit])
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -32,15 +32,28 @@ from gateway.errors import (
 )
 from gateway.logs import REDACTED, redact
 
-__all__ = ["from_status", "from_transport", "upstream_detail"]
+__all__ = ["from_response", "from_status", "from_transport", "upstream_detail"]
 
 #: The longest `Retry-After` passed on from an upstream: beyond it, a client should
 #: rather try again than believe the upstream.
 _MAX_RETRY_AFTER = 3600.0
+#: The most of an error response's body read for the upstream's account of the error.
+_MAX_ERROR_BODY = 65536
 #: The longest text of an upstream's error object passed on.
 _MAX_DETAIL = 1000
 #: API keys as providers print them ("Incorrect API key provided: sk-proj-...").
 _KEY = re.compile(r"\b(?:sk|pk|rk|gsk|xai|key)[-_][\w*.-]{6,}", re.IGNORECASE)
+
+
+async def from_response(response: aiohttp.ClientResponse) -> UpstreamError:
+    """An error response (status 400 and up), from its headers and the first
+    `_MAX_ERROR_BODY` bytes of its body: an upstream's error page is not read whole."""
+    body = bytearray()
+    async for piece in response.content.iter_any():
+        body += piece
+        if len(body) >= _MAX_ERROR_BODY:
+            break
+    return from_status(response.status, response.headers, bytes(body[:_MAX_ERROR_BODY]))
 
 
 def from_status(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
