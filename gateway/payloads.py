@@ -9,6 +9,9 @@ to the upstream as given, for the upstream to judge.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -103,7 +106,8 @@ async def read_payload(request: Request, model: type[Payload], limits: LimitSett
     `limits` (message count and length, `max_tokens`, `allowed_models`).
 
     The JSON parser refuses invalid UTF-8, lone surrogates and nesting deeper than
-    200 levels (400 `invalid_json`), before any model is built."""
+    200 levels (400 `invalid_json`), before any model is built; numbers JSON cannot
+    carry (`NaN`, `Infinity`, `1e999`) are refused after (`_check_finite`)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType()
@@ -119,6 +123,7 @@ async def read_payload(request: Request, model: type[Payload], limits: LimitSett
         payload = model.model_validate_json(bytes(body))
     except ValidationError as exc:
         raise _translate(exc) from None
+    _check_finite(bytes(body))
     messages = getattr(payload, "messages", None) or ()
     if len(messages) > limits.max_messages:
         raise InvalidRequest(f"messages: at most {limits.max_messages} messages are allowed.")
@@ -148,6 +153,30 @@ def check_limits(payload: BaseModel, limits: LimitSettings) -> None:
     allowed = limits.allowed_models
     if allowed is not None and model is not None and model not in allowed:
         raise ModelNotAllowed()
+
+
+#: Where a body may hold a number JSON cannot carry: `NaN`, `Infinity`, an exponent of
+#: three digits (`1e999` overflows to infinity).
+_MAYBE_NOT_FINITE = re.compile(rb"NaN|Infinity|\d[eE][+-]?\d{3}")
+
+
+def _check_finite(body: bytes) -> None:
+    """Refuse `NaN`, `Infinity` and numbers that overflow, which pydantic's parser
+    takes but no JSON encoder writes: a field passed on as given would fail at the
+    upstream request instead. Only a body that may hold one is parsed again."""
+    if _MAYBE_NOT_FINITE.search(body) is None:
+        return
+
+    def constant(name: str) -> float:
+        raise InvalidJSON(f"{name} is not a JSON number.")
+
+    def finite(text: str) -> float:
+        number = float(text)
+        if not math.isfinite(number):
+            raise InvalidJSON(f"{text[:20]} is too large a number.")
+        return number
+
+    json.loads(body, parse_constant=constant, parse_float=finite)
 
 
 def _translate(exc: ValidationError) -> InvalidJSON | InvalidRequest:

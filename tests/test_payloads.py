@@ -111,6 +111,27 @@ def test_bytes_that_are_not_json_are_invalid_json(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"messages": [{"role": "user", "content": "hi"}], "seed": NaN}',
+        b'{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": -Infinity}}',
+        b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"x": 1e999}]}',
+        b'{"messages": [{"role": "user", "content": [{"type": "text", "n": 2E+400}]}]}',
+    ],
+)
+def test_numbers_json_cannot_carry_are_invalid_json(raw: bytes) -> None:
+    """Pydantic's parser takes them; they could not be passed on to the upstream."""
+    error = refused(raw)
+    assert type(error) is InvalidJSON
+    assert "number" in error.message
+
+
+def test_text_that_only_looks_like_such_numbers_passes() -> None:
+    body = {"messages": [{"role": "user", "content": "NaN Infinity 1e999"}], "x": 1e-300}
+    assert read(body)
+
+
+@pytest.mark.parametrize(
     ("body", "where"),
     [
         ({"messages": []}, "messages"),
