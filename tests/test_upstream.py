@@ -261,12 +261,15 @@ RAW_REPLIES: dict[str, bytes] = {
 
 
 def raw_reply(conn: socket.socket) -> None:
-    """Read one request (headers, then `Content-Length` bytes), answer from RAW_REPLIES."""
+    """Read one request (headers, then `Content-Length` bytes), answer from RAW_REPLIES;
+    a connection closed before that is left alone."""
     with conn:
         conn.settimeout(10)
         request = b""
         while b"\r\n\r\n" not in request:
-            request += conn.recv(65536)
+            if not (data := conn.recv(65536)):
+                return
+            request += data
         head, _, body = request.partition(b"\r\n\r\n")
         length = next(
             int(line.split(b":")[1])
@@ -274,7 +277,9 @@ def raw_reply(conn: socket.socket) -> None:
             if line.lower().startswith(b"content-length:")
         )
         while len(body) < length:
-            body += conn.recv(65536)
+            if not (data := conn.recv(65536)):
+                return
+            body += data
         prompt = json.loads(body)["messages"][-1]["content"]
         reply = next(value for key, value in RAW_REPLIES.items() if key in prompt)
         with contextlib.suppress(OSError):  # the gateway may stop reading an error page early
