@@ -170,6 +170,17 @@ def check_answer(events: Events, text: str) -> None:
         assert text.startswith(text_of(events))
 
 
+async def first_create_works(client: httpx.AsyncClient, url: str) -> None:
+    """Once /readyz says ready, the first create (not a retry of it) succeeds and
+    its stream ends `done`."""
+    await until("/readyz 200", lambda: ready(client, url), 10)
+    content, text = echo(5, 0)
+    with anyio.fail_after(10):
+        events = await read_into([], client, await create(client, url, content))
+    assert assert_whole(events).event == "done"
+    assert text_of(events) == text
+
+
 # -- 1. a stall longer than the socket timeout ---------------------------------------
 
 
@@ -199,13 +210,7 @@ def test_a_redis_stall_ends_every_reader_with_one_identified_terminal_event(
                 (e.id, e.event, e.data) for e in first[cut:]
             ]
             assert await resume_status(client, events_url, first[-1].id) == 204
-            # The gateway serves on: ready again, and a new stream ends `done`.
-            await until("/readyz 200", lambda: ready(client, server.url), 10)
-            content2, text2 = echo(5, 0)
-            with anyio.fail_after(10):
-                after = await read_into([], client, await create(client, server.url, content2))
-            assert assert_whole(after).event == "done"
-            assert text_of(after) == text2
+            await first_create_works(client, server.url)  # the gateway serves on
 
     anyio.run(scenario)
 
@@ -215,17 +220,6 @@ def test_a_redis_stall_ends_every_reader_with_one_identified_terminal_event(
 
 #: Limits on, so that a create also goes through the limit counters.
 SOME_LIMITS = {"requests_per_minute": 1000, "concurrent_streams_per_identity": 10}
-
-
-async def first_create_works(client: httpx.AsyncClient, url: str) -> None:
-    """Once /readyz says ready, the first create (not a retry of it) succeeds and
-    its stream ends `done`."""
-    await until("/readyz 200", lambda: ready(client, url), 10)
-    content, text = echo(5, 0)
-    with anyio.fail_after(10):
-        events = await read_into([], client, await create(client, url, content))
-    assert assert_whole(events).event == "done"
-    assert text_of(events) == text
 
 
 def test_a_redis_restart_ends_readers_and_the_first_create_after_it_succeeds(
