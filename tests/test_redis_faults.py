@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,21 @@ async def read_into(
     return events
 
 
+@asynccontextmanager
+async def background_reader(
+    client: httpx.AsyncClient, events_url: str, first: int, limit: float
+) -> AsyncIterator[Events]:
+    """A reader of the stream in the background; the block (the fault) runs once it has
+    `first` events, and leaving it waits for the reader to reach the stream's end, all
+    within `limit` seconds. Yields the reader's events as they come."""
+    events: Events = []
+    with anyio.fail_after(limit):
+        async with anyio.create_task_group() as readers:
+            readers.start_soon(read_into, events, client, events_url)
+            await until(f"{first} events", lambda: len(events) >= first, 10)
+            yield events
+
+
 async def until(what: str, condition: Callable[[], bool | Awaitable[bool]], timeout: float) -> None:
     """Poll `condition` every 50 ms; fail the test after `timeout` seconds."""
     with anyio.move_on_after(timeout):
@@ -195,16 +210,12 @@ def test_a_redis_stall_ends_every_reader_with_one_identified_terminal_event(
     async def scenario() -> None:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             events_url = await create(client, server.url, content)
-            first: Events = []
-            with anyio.fail_after(STALL + 30):
-                async with anyio.create_task_group() as readers:
-                    readers.start_soon(read_into, first, client, events_url)
-                    await until("10 events", lambda: len(first) >= 10, 10)
-                    with paused(own_redis):
-                        await anyio.sleep(STALL)
-                    # A second reader comes after the stall, resuming from before it.
-                    cut = int(first[9].id)
-                    second = await read_into([], client, events_url, str(cut))
+            async with background_reader(client, events_url, 10, STALL + 30) as first:
+                with paused(own_redis):
+                    await anyio.sleep(STALL)
+                # A second reader comes after the stall, resuming from before it.
+                cut = int(first[9].id)
+                second = await read_into([], client, events_url, str(cut))
             check_answer(first, text)
             assert [(e.id, e.event, e.data) for e in second] == [
                 (e.id, e.event, e.data) for e in first[cut:]
@@ -231,13 +242,9 @@ def test_a_redis_restart_ends_readers_and_the_first_create_after_it_succeeds(
     async def scenario() -> None:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             events_url = await create(client, server.url, content)
-            events: Events = []
-            with anyio.fail_after(OUTAGE + 20):
-                async with anyio.create_task_group() as readers:
-                    readers.start_soon(read_into, events, client, events_url)
-                    await until("10 events", lambda: len(events) >= 10, 10)
-                    await anyio.to_thread.run_sync(own_redis.stop)
-                    await anyio.to_thread.run_sync(own_redis.start)
+            async with background_reader(client, events_url, 10, OUTAGE + 20) as events:
+                await anyio.to_thread.run_sync(own_redis.stop)
+                await anyio.to_thread.run_sync(own_redis.start)
             # What came after the restart is lost: the tokens before it, in order, then
             # one error, which the reader makes up (nothing is stored any more), so it
             # may have no id of its own.
@@ -303,17 +310,13 @@ def test_a_killed_generating_instance_ends_the_stream_as_lost_with_an_id(
             async with httpx.AsyncClient(timeout=TIMEOUT) as client:
                 events_url = await create(client, generating.url, content)
                 events_url = reading.url + events_url.removeprefix(generating.url)
-                events: Events = []
-                with anyio.fail_after(30):
-                    async with anyio.create_task_group() as readers:
-                        readers.start_soon(read_into, events, client, events_url)
-                        await until("3 events", lambda: len(events) >= 3, 10)
-                        generating.signal(signal.SIGKILL)
-                        await until(
-                            "the end of the stream",
-                            lambda: events[-1].event != "token",
-                            4 * LEASE_TTL + 5,  # a few lease periods
-                        )
+                async with background_reader(client, events_url, 3, 30) as events:
+                    generating.signal(signal.SIGKILL)
+                    await until(
+                        "the end of the stream",
+                        lambda: events[-1].event != "token",
+                        4 * LEASE_TTL + 5,  # a few lease periods
+                    )
                 terminal = assert_whole(events)
                 assert (terminal.event, code_of(terminal)) == ("error", "generation_lost")
                 assert text.startswith(text_of(events))
@@ -377,6 +380,25 @@ async def create_again(client: httpx.AsyncClient, url: str, content: str, refusa
     await end_all(client, url, created)
 
 
+def burst_is_held(urls: list[str], status: int, code: str) -> None:
+    """A burst over `urls` admits `LIMIT` streams and refuses the rest with `status` and
+    `code`; once those are ended (through the first instance: any can cancel and read
+    any stream), `LIMIT` creates succeed again (through the last)."""
+    content = f"{marker()} [[sim tokens=200 delay_ms=100]]"
+
+    async def scenario() -> None:
+        limits = httpx.Limits(max_connections=BURST)
+        async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as client:
+            responses = await burst(client, urls, content)
+            created = [r for r in responses if r.status_code == 201]
+            assert len(created) == LIMIT
+            assert refused(responses, status) == [code] * (BURST - LIMIT)
+            await end_all(client, urls[0], created)
+            await create_again(client, urls[-1], content, status)
+
+    anyio.run(scenario)
+
+
 def refused(responses: list[httpx.Response], status: int) -> list[str]:
     """The error codes of the responses that were not 201, each checked for `status`."""
     codes = []
@@ -392,19 +414,7 @@ def test_max_concurrent_streams_holds_under_a_burst_and_slots_come_back(
 ) -> None:
     """Before: the check and the count had an await between them; a burst slipped past."""
     server = gateway(**on_redis(own_redis), limits={"max_concurrent_streams": LIMIT})
-    content = f"{marker()} [[sim tokens=200 delay_ms=100]]"
-
-    async def scenario() -> None:
-        limits = httpx.Limits(max_connections=BURST)
-        async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as client:
-            responses = await burst(client, [server.url], content)
-            created = [r for r in responses if r.status_code == 201]
-            assert len(created) == LIMIT
-            assert refused(responses, 503) == ["over_capacity"] * (BURST - LIMIT)
-            await end_all(client, server.url, created)
-            await create_again(client, server.url, content, 503)
-
-    anyio.run(scenario)
+    burst_is_held([server.url], 503, "over_capacity")
 
 
 def test_streams_per_identity_hold_across_two_instances_under_a_burst(
@@ -414,20 +424,7 @@ def test_streams_per_identity_hold_across_two_instances_under_a_burst(
     overrides = on_redis(own_redis)
     limits = {"concurrent_streams_per_identity": LIMIT}
     first, second = gateway(**overrides, limits=limits), gateway(**overrides, limits=limits)
-    content = f"{marker()} [[sim tokens=200 delay_ms=100]]"
-
-    async def scenario() -> None:
-        limits = httpx.Limits(max_connections=BURST)
-        async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as client:
-            responses = await burst(client, [first.url, second.url], content)
-            created = [r for r in responses if r.status_code == 201]
-            assert len(created) == LIMIT
-            assert refused(responses, 429) == ["too_many_streams"] * (BURST - LIMIT)
-            # Any instance can cancel and read any stream: end them all through the first.
-            await end_all(client, first.url, created)
-            await create_again(client, second.url, content, 429)
-
-    anyio.run(scenario)
+    burst_is_held([first.url, second.url], 429, "too_many_streams")
 
 
 # -- 5. a slot held through a stall --------------------------------------------------
