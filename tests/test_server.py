@@ -4,6 +4,7 @@ that leaves mid-body, and a process short of file descriptors."""
 
 from __future__ import annotations
 
+import gc
 import re
 import resource
 import socket
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
+from gateway.config import ServerSettings
+from gateway.server import GatewayConfig
 from tests.helpers import TIMEOUT, marker, wait_until
 from tests.helpers_deploy import GatewayProcess
 
@@ -156,3 +160,23 @@ def test_short_of_file_descriptors_new_streams_get_503_and_it_recovers(tmp_path,
         assert client.post(f"{gateway.url}/v1/streams", json=body).status_code == 201
     finally:
         gateway.stop()
+
+
+@pytest.fixture
+def gc_restored() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_loading_the_app_freezes_it_out_of_garbage_collections(gc_restored):
+    """What is loaded lives as long as the server, so collections skip it, and they
+    run far less often than CPython's default (every 700 allocations)."""
+    assert gc.get_freeze_count() == 0
+    GatewayConfig(Starlette(), limits=ServerSettings()).load()
+    assert gc.get_freeze_count() > 1000  # the modules, classes and functions loaded
+    assert gc.get_threshold()[0] >= 10 * 700
