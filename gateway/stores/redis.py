@@ -15,8 +15,10 @@ Each stream is five keys with one hash tag (one cluster slot), `sse:{id}:...`
 Appends are exactly once: one Lua script (`gateway.stores.redis_scripts`) checks
 the id it is given against `meta.last`, so a call that is sent again after a
 timeout, or whose reply was lost, is recognised as already applied instead of
-being stored twice or failing half-way (the bug of a MULTI/EXEC sent twice). The
-appends of every stream generated here share round trips
+being stored twice or failing half-way (the bug of a MULTI/EXEC sent twice); one
+call may store several events (`append_many`: the generation's deltas that came
+while its previous append was on its way), all or none. The appends of every
+stream generated here share round trips
 (`gateway.stores.redis_pipelining`), and the store retries a failed append for
 up to `streams.store_outage` (`gateway.stores.redis_calls`).
 
