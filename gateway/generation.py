@@ -9,6 +9,10 @@ decides the outcome and cancels the others (see ARCHITECTURE.md):
 - with `sse.coalesce_ms` set, the `Coalescer` flushing buffered deltas (it only
   finishes by failing, e.g. when the store fails under it).
 
+With a store whose appends wait for a round trip (Redis), deltas go to it through a
+`WriteBehind`: the upstream is read on while an append is on its way, and the
+deltas that came meanwhile go out in the next one (the same events, fewer calls).
+
 Every contender ends in an outcome: an exception inside one (a store that
 fails mid-append, a bug) becomes that contender's outcome, never an exception
 that leaves the generation. `Generation.run` then, shielded from cancellation,
@@ -21,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -41,10 +45,16 @@ from gateway.limits import Slot
 from gateway.metrics import StreamMeter
 from gateway.stores import StreamStore
 from gateway.upstream import Finish
+from gateway.write_behind import WriteBehind
 
 __all__ = ["Answer", "Generation", "Outcome", "outcome_name"]
 
 logger = logging.getLogger("gateway.generation")
+
+#: Deltas a generation keeps while its store's append is on its way; beyond them the
+#: upstream waits. A write takes at most one more, so a batch fits a Redis follower's
+#: window (64) and reaches local readers without a read of Redis.
+WRITE_BEHIND = 32
 
 Outcome = Finish | GatewayError
 #: Streams the answer, handing each delta (text, reasoning, tool call) on; returns
@@ -77,7 +87,9 @@ class Generation:
         self._meter = meter
         self._slot = slot
         self._grace = disconnect_grace
-        self._coalescer = Coalescer(self._append, coalesce) if coalesce else None
+        self._writer = WriteBehind(self._append_many, WRITE_BEHIND) if store.appends_wait else None
+        self._emit = self._append if self._writer is None else self._writer.add
+        self._coalescer = Coalescer(self._emit, coalesce) if coalesce else None
         self._log = log or {}
         self._log_content = log_content
         self._text: list[str] | None = [] if log_content else None
@@ -123,10 +135,13 @@ class Generation:
         if self._coalescer is not None:
             await self._coalescer.add(delta)
         else:
-            await self._append(delta)
+            await self._emit(delta)
 
     async def _append(self, delta: Delta) -> None:
         await self._store.append(self.stream_id, delta.kind, delta.data)
+
+    async def _append_many(self, deltas: Sequence[Delta]) -> None:
+        await self._store.append_many(self.stream_id, [(d.kind, d.data) for d in deltas])
 
     async def _cancelled(self) -> Outcome:
         await self._store.wait_cancelled(self.stream_id)
@@ -141,9 +156,9 @@ class Generation:
     async def _end(self, outcome: Outcome) -> Outcome:
         """Flush, free the slot, write the terminal event, record: each step is tried
         whatever the one before did. Returns the outcome the stream ended with."""
-        if self._coalescer is not None and not isinstance(outcome, StoreUnavailable):
+        if not isinstance(outcome, StoreUnavailable):  # else nothing more can be stored
             try:
-                await self._coalescer.flush()
+                await self._flush()
             except Exception as exc:  # text is missing: the answer cannot end `done`
                 outcome = _as_outcome(exc)
         # Free before readers see the end, so a client that saw it may start anew.
@@ -160,6 +175,13 @@ class Generation:
                 outcome = _as_outcome(exc)
         self._record(outcome)
         return outcome
+
+    async def _flush(self) -> None:
+        """Store every delta handed on: the coalescer's, then the writer's."""
+        if self._coalescer is not None:
+            await self._coalescer.flush()
+        if self._writer is not None:
+            await self._writer.flush()
 
     def _record(self, outcome: Outcome) -> None:
         name = self.outcome_name(outcome)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -19,7 +19,7 @@ import pytest
 from gateway import Settings, load_settings
 from gateway.deltas import Delta, OnDelta
 from gateway.errors import StoreUnavailable, UpstreamTimeout
-from gateway.generation import Generation
+from gateway.generation import WRITE_BEHIND, Generation
 from gateway.limits import Slot
 from gateway.metrics import Metrics
 from gateway.stores import StoredEvent
@@ -47,16 +47,53 @@ class ScriptedStore(MemoryStore):
         self.appends = 0
 
     async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
+        await self.call()
+        return await super().append(stream_id, event, data)
+
+    async def call(self) -> None:
+        """One call of the backend: counted, failing on cue."""
         self.appends += 1
         if self.fail_at is not None and (
             self.appends == self.fail_at or (self.keep_failing and self.appends > self.fail_at)
         ):
             raise StoreUnavailable()
         await anyio.lowlevel.checkpoint()  # a real backend awaits here
-        return await super().append(stream_id, event, data)
 
     def events(self, stream_id: str) -> list[StoredEvent]:
         return self._streams[stream_id].since(0)
+
+
+class RoundTripStore(ScriptedStore):
+    """A store whose appends wait for a reply, as Redis's do: the generation hands it
+    the deltas that came meanwhile together (`append_many`, one call each, failing on
+    cue like `append`); while `gate` is given, each of those calls waits for it."""
+
+    appends_wait = True
+
+    def __init__(
+        self,
+        fail_at: int | None = None,
+        *,
+        keep_failing: bool = False,
+        gate: anyio.Event | None = None,
+    ) -> None:
+        super().__init__(fail_at, keep_failing=keep_failing)
+        self.gate = gate
+        #: How many events each `append_many` call was given.
+        self.batches: list[int] = []
+        #: Calls waiting for `gate`.
+        self.held = 0
+
+    async def append_many(
+        self, stream_id: str, events: Sequence[tuple[str, str]]
+    ) -> list[StoredEvent]:
+        if self.gate is not None:
+            self.held += 1
+            await self.gate.wait()
+            self.held -= 1
+        await self.call()
+        self.batches.append(len(events))
+        return [await MemoryStore.append(self, stream_id, *event) for event in events]
 
 
 class CountingSlot(Slot):
@@ -277,10 +314,14 @@ async def test_no_reader_for_the_grace_ends_client_gone() -> None:
 
 @pytest.mark.parametrize("steps", range(0, 2 * len(TOKENS) + 2))
 @pytest.mark.parametrize("coalesce", [0.0, 0.005])
-async def test_cancelled_at_any_point_ends_with_shutdown(steps: int, coalesce: float) -> None:
-    """Drain cuts a generation after `steps` scheduler turns: whatever it was doing,
-    the stream ends with exactly one terminal event and the slot comes back."""
-    store = ScriptedStore()
+@pytest.mark.parametrize("store_class", [ScriptedStore, RoundTripStore])
+async def test_cancelled_at_any_point_ends_with_shutdown(
+    steps: int, coalesce: float, store_class: type[ScriptedStore]
+) -> None:
+    """Drain cuts a generation after `steps` scheduler turns: whatever it was doing
+    (with a store whose appends wait, a write may be on its way), the stream ends with
+    exactly one terminal event and the slot comes back."""
+    store = store_class()
     generation, slot = await new_generation(store, scripted(gap=0.001), coalesce=coalesce)
     with anyio.fail_after(WATCHDOG):
         async with store.attach("s"), anyio.create_task_group() as group:
@@ -293,3 +334,146 @@ async def test_cancelled_at_any_point_ends_with_shutdown(steps: int, coalesce: f
     assert "".join(TOKENS).startswith(text)
     if event == "error":
         assert json.loads(store.events("s")[-1].data)["code"] == "shutdown"
+
+
+# -- a store whose appends wait: the deltas that come meanwhile go out together ----------
+
+MIXED = [
+    Delta("reasoning", "think "),
+    Delta("reasoning", "on"),
+    Delta("token", "a "),
+    Delta("token", "caf\u00e9\n"),
+    Delta("tool_call", "", 0, "call_1", "f"),
+    Delta("tool_call", '{"x"', 0),
+    Delta("tool_call", ": 1}", 0),
+    Delta("token", "b"),
+] * 6  # more than WRITE_BEHIND: the upstream is held once too
+
+
+def answering(deltas: list[Delta]) -> Callable[[OnDelta], Awaitable[Finish]]:
+    """An upstream handing `deltas` on as fast as it is let, then finishing."""
+
+    async def answer(on_delta: OnDelta) -> Finish:
+        for delta in deltas:
+            await on_delta(delta)
+        return Finish("stop", None)
+
+    return answer
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` (the callers' `fail_after` bounds the wait)."""
+    while not condition():
+        await anyio.sleep(0.001)
+
+
+@pytest.mark.parametrize("coalesce", [0.0, 0.005])
+async def test_write_behind_stores_the_events_of_an_append_each(coalesce: float) -> None:
+    """The same events (ids, names, data, order) as a store whose appends never wait,
+    in fewer calls: one per round trip, not one per delta."""
+    one_each, written_behind = ScriptedStore(), RoundTripStore()
+    expected, _, _ = await generate(one_each, answering(MIXED), coalesce=coalesce)
+    events, slot, outcome = await generate(written_behind, answering(MIXED), coalesce=coalesce)
+    assert [(e.id, e.frame) for e in events] == [(e.id, e.frame) for e in expected]
+    assert sum(written_behind.batches) == len(events) - 1
+    assert len(written_behind.batches) < len(events) - 1
+    assert (slot.released, outcome) == (1, "done")
+
+
+@pytest.mark.parametrize("fail_at", range(1, len(TOKENS) + 1))
+async def test_a_failed_write_ends_the_stream_at_the_next_delta(fail_at: int) -> None:
+    """A write that fails is raised by the next delta (the upstream stops there) or,
+    after the last one, by the end's flush: `error: store_unavailable` after the
+    tokens stored before it, exactly one terminal event."""
+    store = RoundTripStore(fail_at)
+    handed: list[str] = []
+
+    async def answer(on_delta: OnDelta) -> Finish:
+        for token in TOKENS:  # each written alone: the next waits for the write's end
+            await on_delta(Delta("token", token))
+            handed.append(token)
+            await until(lambda: len(store.events("s")) == len(handed) or store.appends >= fail_at)
+        return Finish("stop", None)
+
+    events, slot, outcome = await generate(store, answer)
+    assert handed == TOKENS[:fail_at]
+    assert check_stream(events) == ("error", "".join(TOKENS[: fail_at - 1]))
+    assert json.loads(events[-1].data)["code"] == "store_unavailable"
+    assert (slot.released, outcome) == (1, "store_unavailable")
+
+
+async def test_write_behind_holds_the_upstream_at_its_bound() -> None:
+    """While a write is on its way the upstream is read on, until more than
+    WRITE_BEHIND deltas wait; then it waits for the write, and nothing is lost."""
+    gate = anyio.Event()
+    store = RoundTripStore(gate=gate)
+    tokens = [f"{i} " for i in range(3 * WRITE_BEHIND)]
+    handed = 0
+
+    async def answer(on_delta: OnDelta) -> Finish:
+        nonlocal handed
+        for token in tokens:
+            await on_delta(Delta("token", token))
+            handed += 1
+            await anyio.lowlevel.checkpoint()  # an upstream reads its socket between chunks
+        return Finish("stop", None)
+
+    generation, slot = await new_generation(store, answer)
+    with anyio.fail_after(WATCHDOG):
+        async with store.attach("s"), anyio.create_task_group() as group:
+            group.start_soon(generation.run)
+            await until(lambda: store.held == 1 and handed > 1)
+            for _ in range(2 * WRITE_BEHIND):  # many chances to run further
+                await anyio.lowlevel.checkpoint()
+            assert 1 < handed <= WRITE_BEHIND + 1
+            gate.set()
+    assert check_stream(store.events("s")) == ("done", "".join(tokens))
+    assert max(store.batches) <= WRITE_BEHIND + 1
+    assert slot.released == 1
+
+
+@pytest.mark.parametrize("how", ["delete", "drain"])
+async def test_a_stream_cut_while_a_write_is_on_its_way_keeps_every_delta_handed_on(
+    how: str,
+) -> None:
+    """Cancelled (DELETE) or cut by drain while a write is held: the upstream closes
+    at once, and the end stores what was in flight and what waited, then the one
+    terminal event."""
+    gate = anyio.Event()
+    store = RoundTripStore(gate=gate)
+    handed, closed = anyio.Event(), anyio.Event()
+
+    async def answer(on_delta: OnDelta) -> Finish:
+        try:
+            for i, token in enumerate(TOKENS):
+                await on_delta(Delta("token", token))
+                if i == 0:  # the first is written alone, the rest wait behind it
+                    await until(lambda: store.held == 1)
+            handed.set()
+            await anyio.sleep_forever()
+        finally:
+            closed.set()
+        raise AssertionError("unreachable")
+
+    generation, slot = await new_generation(store, answer)
+    cut = anyio.CancelScope()
+
+    async def run() -> None:
+        with cut:
+            await generation.run()
+
+    with anyio.fail_after(WATCHDOG):
+        async with store.attach("s"), anyio.create_task_group() as group:
+            group.start_soon(run)
+            await handed.wait()
+            if how == "delete":
+                await store.cancel("s")
+            else:
+                cut.cancel()
+            await closed.wait()
+            gate.set()
+    assert check_stream(store.events("s")) == ("error", "".join(TOKENS))
+    code = json.loads(store.events("s")[-1].data)["code"]
+    assert code == ("cancelled" if how == "delete" else "shutdown")
+    assert store.batches == [1, len(TOKENS) - 1]
+    assert slot.released == 1

@@ -29,6 +29,7 @@ TESTED_ELSEWHERE: dict[str, str | None] = {
     "stores/redis_pipelining": "test_redis_pipelining",
     "stores/redis_reads": "test_stores",  # and test_redis_faults (a lost generation)
     "stores/redis_scripts": "test_stores",  # through the store and the counters
+    "write_behind": "test_generation",  # through the generation, with a store that waits
 }
 
 

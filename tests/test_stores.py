@@ -89,6 +89,44 @@ async def test_events_read_back_exactly_as_appended(store: StreamStore) -> None:
     assert [e.terminal for e in events] == [False, False, False, True]
 
 
+async def test_append_many_stores_what_an_append_each_would(store: StreamStore) -> None:
+    """Several events in one call (the generation's write-behind): the same ids, frames
+    and order as one `append` each, seen by a reader attached here as they come."""
+    many = [
+        ("token", '{"text": "b"}'),
+        ("reasoning", '{"text": "\u00e9"}'),
+        ("tool_call", '{"index": 0, "id": "c", "name": "f", "arguments": "{"}'),
+    ]
+    one_each, batched = new_id(), new_id()
+    for stream in (one_each, batched):
+        await store.create(stream)
+        await store.append(stream, "token", '{"text": "a"}')
+    for event, data in many:
+        await store.append(one_each, event, data)
+    async with store.attach(batched):
+        assert [e.id for e in await store.read(batched, 0, 0.1)] == [1]
+        stored = await store.append_many(batched, many)
+        assert await store.append_many(batched, []) == []
+        assert [(e.id, e.frame) for e in await store.read(batched, 1, 0.1)] == [
+            (e.id, e.frame) for e in stored
+        ]
+    await store.append(batched, "token", '{"text": "c"}')
+    await store.append(one_each, "token", '{"text": "c"}')
+    expected = await store.read(one_each, 0, 0.1)
+    assert [(e.id, e.frame) for e in stored] == [(e.id, e.frame) for e in expected[1:4]]
+    assert await store.read(batched, 0, 0.1) == expected
+    assert await store.info(batched) == _info(1, 5, False)
+
+
+async def test_append_many_refuses_a_terminal_event(store: StreamStore) -> None:
+    """A terminal event is appended alone, and nothing of the call is stored."""
+    stream = new_id()
+    await store.create(stream)
+    with pytest.raises(ValueError):
+        await store.append_many(stream, [("token", '{"text": "a"}'), ("done", "{}")])
+    assert await store.info(stream) == _info(1, 0, False)
+
+
 async def test_a_read_waits_for_the_next_event_or_times_out(store: StreamStore) -> None:
     stream = new_id()
     await store.create(stream)
@@ -201,26 +239,35 @@ async def test_counters_count_atomically(store: StreamStore) -> None:
 # -- Redis only: what a network in between adds -----------------------------------------
 
 
-async def test_redis_append_sent_twice_is_stored_once(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("events", [1, 3])
+async def test_redis_append_sent_twice_is_stored_once(
+    redis_server: RedisServer, events: int
+) -> None:
     """A call redis-py re-sends after a timeout (its first send was applied) must not
-    store the event twice or fail half-way (before: MULTI/EXEC applied twice)."""
+    store its events twice or fail half-way (before: MULTI/EXEC applied twice), be it
+    one event (`append`) or several (`append_many`)."""
     store = create_store(store_settings("redis", redis_server))
     await store.open()
     try:
         stream = new_id()
         await store.create(stream)
         await store.append(stream, "token", '{"text": "a"}')
-        # The script exactly as `append` sends it for id 2, sent twice.
+        # The script exactly as the store sends it for ids 2.., sent twice.
         client = aioredis.from_url(redis_server.url, decode_responses=True)
         keys = [f"sse:{{{stream}}}:{part}" for part in ("events", "meta", "lease", "readers")]
         keys.append(f"sse:{{{stream}}}:cancel")
         script = client.register_script(_append_script())
-        args = [2, "token", '{"text": "b"}', 5, "instance", 1000, 0, 1000, 60]
+        texts = [f'{{"text": "{i}"}}' for i in range(2, 2 + events)]
+        args: list[Any] = [2, 5, "instance", 1000, 0, 1000, 60]
+        for text in texts:
+            args += ["token", text]
         assert await script(keys=keys, args=args) == 2
         assert await script(keys=keys, args=args) == 2
         await client.aclose()
         batch = await store.read(stream, 0, 0.1)
-        assert [(e.id, e.data) for e in batch] == [(1, '{"text": "a"}'), (2, '{"text": "b"}')]
+        expected = [(1, '{"text": "a"}')] + [(2 + i, text) for i, text in enumerate(texts)]
+        assert [(e.id, e.data) for e in batch] == expected
+        assert await store.info(stream) == _info(1, 1 + events, False)
     finally:
         await store.close()
 

@@ -92,6 +92,9 @@ class StreamStore(Protocol):
     #: Other gateway instances see the same streams, so a reader may move to
     #: another instance (on drain, its responses end at once and clients resume there).
     shared: bool
+    #: An append waits for a backend's reply (a network round trip): the generation
+    #: then hands the store the deltas that came meanwhile together (`append_many`).
+    appends_wait: bool
 
     async def open(self) -> None:
         """Connect; called once by the app's lifespan."""
@@ -119,6 +122,16 @@ class StreamStore(Protocol):
         stores an event twice or reuses an id. Raises `StoreUnavailable` when the
         backend stays away (then the stream cannot go on; a terminal event may still
         follow), `GenerationLost` when the stream was ended for a lost generation.
+        """
+
+    async def append_many(
+        self, stream_id: str, events: Sequence[tuple[str, str]]
+    ) -> list[StoredEvent]:
+        """Add `events` (name and data each, none terminal) as the next events, in
+        order: what `append` does for each, all or none stored, in one backend call.
+
+        Exactly once as `append`, for the whole call; raises as `append` does
+        (`ValueError` for a terminal event: it is appended alone).
         """
 
     async def info(self, stream_id: str) -> StreamInfo | None:

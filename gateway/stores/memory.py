@@ -73,6 +73,7 @@ def _pulse(event: asyncio.Event) -> None:
 
 class MemoryStore:
     shared = False
+    appends_wait = False
 
     def __init__(self, settings: Settings, on_error: Callable[[], None] | None = None) -> None:
         """`on_error` is never called: nothing here can fail like a backend."""
@@ -119,6 +120,13 @@ class MemoryStore:
             stream.expiry = loop.call_later(self._retention, self._streams.pop, stream_id, None)
         _pulse(stream.changed)
         return stored
+
+    async def append_many(
+        self, stream_id: str, events: Sequence[tuple[str, str]]
+    ) -> list[StoredEvent]:
+        if any(event in TERMINAL_EVENTS for event, _ in events):
+            raise ValueError("a terminal event is appended alone")
+        return [await self.append(stream_id, event, data) for event, data in events]
 
     async def info(self, stream_id: str) -> StreamInfo | None:
         stream = self._streams.get(stream_id)

@@ -15,8 +15,10 @@ Each stream is five keys with one hash tag (one cluster slot), `sse:{id}:...`
 Appends are exactly once: one Lua script (`gateway.stores.redis_scripts`) checks
 the id it is given against `meta.last`, so a call that is sent again after a
 timeout, or whose reply was lost, is recognised as already applied instead of
-being stored twice or failing half-way (the bug of a MULTI/EXEC sent twice). The
-appends of every stream generated here share round trips
+being stored twice or failing half-way (the bug of a MULTI/EXEC sent twice); one
+call may store several events (`append_many`: the generation's deltas that came
+while its previous append was on its way), all or none. The appends of every
+stream generated here share round trips
 (`gateway.stores.redis_pipelining`), and the store retries a failed append for
 up to `streams.store_outage` (`gateway.stores.redis_calls`).
 
@@ -63,6 +65,7 @@ _POOL_SPARE = 64
 
 class RedisStore:
     shared = True
+    appends_wait = True
 
     def __init__(self, settings: Settings, on_error: Callable[[], None] = lambda: None) -> None:
         """`on_error` is called for every failed Redis operation
@@ -90,16 +93,16 @@ class RedisStore:
         )
         self._reads = StreamReads(self._calls, lease_check, (self._max_events, self._retention_ms))
         self._followers = Followers(self._reads, self._generations.stored)
-        self._append: PipelinedScript | None = None
+        self._append_script: PipelinedScript | None = None
 
     async def open(self) -> None:
         self._calls.open()
-        self._append = PipelinedScript(self._calls.client, APPEND)
+        self._append_script = PipelinedScript(self._calls.client, APPEND)
 
     async def close(self) -> None:
         self._followers.close()
-        if self._append is not None:
-            self._append.close()
+        if self._append_script is not None:
+            self._append_script.close()
         await self._calls.close()
 
     async def run(self) -> None:
@@ -127,24 +130,41 @@ class RedisStore:
         generations.add(stream_id)
 
     async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
+        terminal = event in TERMINAL_EVENTS
+        return (await self._append(stream_id, [(event, data)], terminal=terminal))[0]
+
+    async def append_many(
+        self, stream_id: str, events: Sequence[tuple[str, str]]
+    ) -> list[StoredEvent]:
+        if any(event in TERMINAL_EVENTS for event, _ in events):
+            raise ValueError("a terminal event is appended alone")
+        if not events:
+            return []
+        return await self._append(stream_id, events, terminal=False)
+
+    async def _append(
+        self, stream_id: str, events: Sequence[tuple[str, str]], *, terminal: bool
+    ) -> list[StoredEvent]:
+        """`events` in one call of the append script (one event when it is `terminal`)."""
         generation = self._generations.get(stream_id)
         if generation is None:
             raise RuntimeError(f"stream {stream_id} is not generated here or already finished")
-        terminal = event in TERMINAL_EVENTS
-        # The id is taken before the first await: appends of one stream never share one.
+        # The ids are taken before the first await: appends of one stream never share one.
         expected = generation.next_id
-        generation.next_id += 1
-        args = [expected, event, data, self._max_events, self._generations.instance]
+        generation.next_id += len(events)
+        args: list[object] = [expected, self._max_events, self._generations.instance]
         args += [self._generations.lease_ms, int(terminal), self._retention_ms, self._unfinished_s]
-        append = self._append
+        for event, data in events:
+            args += (event, data)
+        append = self._append_script
         assert append is not None, "the store is not open"
         keys = generation.keys
         try:
             # Shielded: a generation cancelled mid-call must still know what was stored.
             with anyio.CancelScope(shield=True):
-                stored_id = int(await self._calls.until_back(lambda: append(keys, args)))
-            if stored_id < 0:
-                raise _append_failure(stored_id)
+                first_id = int(await self._calls.until_back(lambda: append(keys, args)))
+            if first_id < 0:
+                raise _append_failure(first_id)
         except BaseException:
             self._followers.failed(stream_id)
             raise
@@ -153,8 +173,8 @@ class RedisStore:
             # lease lapses and readers end the stream as lost if nothing was stored.
             if terminal:
                 self._generations.remove(stream_id)
-        generation.stored = stored_id
-        stored = StoredEvent(stored_id, event, data)
+        stored = [StoredEvent(first_id + i, *event) for i, event in enumerate(events)]
+        generation.stored = stored[-1].id
         self._followers.hand_over(stream_id, stored)
         return stored
 

@@ -121,14 +121,14 @@ class Followers:
         if idle and self._followers.get(stream_id) is follower:
             del self._followers[stream_id]
 
-    def hand_over(self, stream_id: str, event: StoredEvent) -> None:
-        """An event this instance just stored: its follower keeps it if it is the next
-        one, else reads what it missed."""
+    def hand_over(self, stream_id: str, events: Sequence[StoredEvent]) -> None:
+        """Events this instance just stored (consecutive ids, from one append): its
+        follower keeps them if they are the next ones, else reads what it missed."""
         follower = self._followers.get(stream_id)
         if follower is None:
             return
-        if event.id == follower.last + 1:
-            follower.add([event])
+        if events[0].id == follower.last + 1:
+            follower.add(events)
         else:
             follower.missed.set()
 

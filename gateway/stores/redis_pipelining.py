@@ -1,6 +1,7 @@
 """A Lua script whose concurrent calls share round trips to Redis.
 
-Every stream's generation appends one event per token, each call one script run.
+Every stream's generation appends its events (one per call, or all that came
+while its previous append was on its way), each call one script run.
 Sent one by one, each call pays redis-py's whole command path and a round trip of
 its own; here the calls made while a pipeline is on its way wait for it to come
 back, then all go out together in the next one (one write, one read), so the

@@ -9,31 +9,39 @@ the keys of `gateway.stores.redis_keys.stream_keys`.
 __all__ = ["ACQUIRE", "APPEND", "END_LOST", "HIT"]
 
 # KEYS: events, meta, lease, readers, cancel
-# ARGV: id, event, data, maxlen, instance, lease ms, terminal, retention ms, unfinished s
-# Returns the id stored (or already stored by an earlier send of the same call),
+# ARGV: first id, maxlen, instance, lease ms, terminal, retention ms, unfinished s, then
+# each event's name and data (a terminal event comes alone). The events are stored
+# under the ids from the first one on, all or none: a call sent again finds its first
+# id stored and reports success, as does a call whose reply was lost.
+# Returns the first id stored (or already stored by an earlier send of the same call),
 # -1 when the stream is gone, -2 when it was ended for a lost generation, -3 on a gap.
 APPEND = """
 local meta = redis.call('HMGET', KEYS[2], 'last', 'finished')
 if not meta[1] then return -1 end
 local last, id = tonumber(meta[1]), tonumber(ARGV[1])
 if meta[2] == 'lost' then return -2 end
-if last >= id and ARGV[7] == '0' then return id end
+if last >= id and ARGV[5] == '0' then return id end
 if meta[2] == '1' then return last end
 if last ~= id - 1 then
-  if ARGV[7] == '0' then return -3 end
+  if ARGV[5] == '0' then return -3 end
   id = last + 1
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], id .. '-0', 'event', ARGV[2], 'data', ARGV[3])
-redis.call('HSET', KEYS[2], 'last', id)
-if ARGV[7] == '1' then
+local n = (#ARGV - 7) / 2
+for i = 0, n - 1 do
+  local at = 8 + 2 * i
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], (id + i) .. '-0',
+    'event', ARGV[at], 'data', ARGV[at + 1])
+end
+redis.call('HSET', KEYS[2], 'last', id + n - 1)
+if ARGV[5] == '1' then
   redis.call('HSET', KEYS[2], 'finished', '1')
   for i = 1, 5 do
-    if i ~= 3 then redis.call('PEXPIRE', KEYS[i], ARGV[8]) end
+    if i ~= 3 then redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
   end
   redis.call('DEL', KEYS[3])
 else
-  if id == 1 then redis.call('EXPIRE', KEYS[1], ARGV[9]) end
-  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+  if id == 1 then redis.call('EXPIRE', KEYS[1], ARGV[7]) end
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
 end
 return id
 """
