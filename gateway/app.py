@@ -1,7 +1,7 @@
 """`create_app(settings)`: builds the whole gateway, with no side effects at import.
 
 Clients (the upstream's HTTP pool, the store's connections) are opened and
-closed by the lifespan, which also owns the task group generations run in.
+closed by the lifespan, which also runs the background tasks and drains the generations.
 """
 
 from __future__ import annotations
@@ -83,12 +83,12 @@ def create_app(
             stack.push_async_callback(router.aclose)
             limits = Limits(settings, store.counters())
             tasks = await stack.enter_async_context(anyio.create_task_group())
-            # Background work and generations all run here; the first callback on the
-            # way out cancels what is left (drain has ended the generations by then).
+            # Background work runs here; the first callback on the way out cancels it
+            # (generations run in tasks of their own, and drain has ended them by then).
             stack.callback(tasks.cancel_scope.cancel)
             tasks.start_soon(_supervised, "stream store", store.run)
             tasks.start_soon(_supervised, "slot releases", limits.run)
-            generations = Generations(settings, store, router, tasks, metrics)
+            generations = Generations(settings, store, router, metrics)
             state = AppState(settings, store, generations, metrics, router, auth, limits)
             state.publish(app)
             timeout = settings.server.drain_timeout

@@ -217,13 +217,13 @@ def outcome_name(outcome: Outcome | None) -> str:
 async def race(*contenders: Callable[[], Awaitable[Outcome]]) -> Outcome:
     """Run the contenders together; the first to finish wins and cancels the rest.
 
-    A contender that raises finishes with its exception as its outcome. Plain
-    asyncio tasks, each in a cancel scope, not an anyio task group: per stream
-    they cost less memory and CPU, and the race needs none of a task group's
-    error handling (no contender raises). The losers' scopes are cancelled (an
-    anyio scope keeps cancelling until the contender has left it, whatever it
-    catches) and their tasks awaited, shielded, before the race returns or
-    passes a drain's cancellation on.
+    A contender that raises finishes with its exception as its outcome. The first
+    contender runs in the caller's task, the others in plain asyncio tasks, each
+    in a cancel scope: not an anyio task group, whose tasks and error handling
+    cost memory and CPU per stream that the race has no use for (no contender
+    raises). The losers' scopes are cancelled (an anyio scope keeps cancelling
+    until the contender has left it, whatever it catches) and their tasks
+    awaited, shielded, before the race returns or passes a drain's cancellation on.
     """
     loop = asyncio.get_running_loop()
     first: asyncio.Future[Outcome] = loop.create_future()
@@ -242,8 +242,11 @@ async def race(*contenders: Callable[[], Awaitable[Outcome]]) -> Outcome:
                 first.set_result(outcome)
 
     scopes = [anyio.CancelScope() for _ in contenders]
-    tasks = [loop.create_task(run(*pair)) for pair in zip(contenders, scopes, strict=True)]
+    here, *others = zip(contenders, scopes, strict=True)
+    tasks = [loop.create_task(run(*pair)) for pair in others]
+    first.add_done_callback(lambda _: here[1].cancel())  # another won: stop this one
     try:
+        await run(*here)
         return await first
     finally:
         for scope in scopes:

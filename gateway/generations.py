@@ -2,20 +2,22 @@
 
 `Generations` admits new ones (refused while draining or at
 `limits.max_concurrent_streams`, counted before the first await so a burst
-cannot slip past the limit), starts each as a `Generation` in the app's task
-group, and on shutdown drains them: running ones get `server.drain_timeout`
-to finish, then are cut and end with `error: shutdown`.
+cannot slip past the limit), starts each as a `Generation` in a task of its
+own (a plain asyncio task: an anyio task group's task costs more per stream,
+and drain, not a group, is what ends them), and on shutdown drains them:
+running ones get `server.drain_timeout` to finish, then are cut and end with
+`error: shutdown`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import anyio
-from anyio.abc import TaskGroup
 
 from gateway import logs
 from gateway.config import Settings
@@ -38,14 +40,14 @@ class Generations:
         settings: Settings,
         store: StreamStore,
         upstream: Router,
-        tasks: TaskGroup,
         metrics: Metrics,
     ) -> None:
         self._metrics = metrics
         self._settings = settings
         self._store = store
         self._upstream = upstream
-        self._tasks = tasks
+        #: The generations' tasks, referenced until they end (the loop keeps only weak ones).
+        self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -95,7 +97,9 @@ class Generations:
             log_content=(lambda text: _content(chat, text)) if settings.logging.content else None,
         )
         logs.stream_id.set(stream_id)  # for the request's own log lines
-        self._tasks.start_soon(self._run, generation, logs.request_id.get(), name=stream_id)
+        task = asyncio.get_running_loop().create_task(self._run(generation), name=stream_id)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return stream_id
 
     @contextmanager
@@ -145,10 +149,8 @@ class Generations:
             finally:
                 self._running.discard(scope)
 
-    async def _run(self, generation: Generation, request_id: str | None) -> None:
-        # The task group is the app's, not the request's: carry the log context over.
-        logs.request_id.set(request_id)
-        logs.stream_id.set(generation.stream_id)
+    async def _run(self, generation: Generation) -> None:
+        # The task has a copy of the request's context: its request id, this stream's id.
         try:
             with self._cancellable():
                 await generation.run()

@@ -60,11 +60,14 @@ async def running(
         overrides={"limits": limits, "streams": {"disconnect_grace": 60}},
     )
     store, router = store_class(settings), HeldRouter()
+    generations = Generations(settings, store, router, Metrics(settings.metrics))
     with anyio.fail_after(WATCHDOG):
-        async with anyio.create_task_group() as tasks:
-            generations = Generations(settings, store, router, tasks, Metrics(settings.metrics))
+        try:
             yield generations, store, router
+        finally:
             router.finish.set()
+            while generations.active:  # every generation ends by itself
+                await anyio.sleep(0.01)
 
 
 async def last_event(store: MemoryStore, stream_id: str) -> StoredEvent:
