@@ -29,6 +29,12 @@ __all__ = ["STORES", "StoredEvent", "StreamInfo", "StreamStore", "create_store"]
 TERMINAL_EVENTS = frozenset({"done", "error"})
 
 
+def check_batch(events: Sequence[tuple[str, str]]) -> None:
+    """`StreamStore.append_many`'s rule, for every backend: a terminal event comes alone."""
+    if any(event in TERMINAL_EVENTS for event, _ in events):
+        raise ValueError("a terminal event is appended alone")
+
+
 class StoredEvent:
     """One event: its id and its SSE frame, encoded once and shared by every reader.
 

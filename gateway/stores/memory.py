@@ -12,7 +12,7 @@ import anyio
 
 from gateway.config import Settings
 from gateway.errors import NotFound, ResumeUnavailable
-from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo
+from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo, check_batch
 
 __all__ = ["MemoryCounters", "MemoryStore"]
 
@@ -124,8 +124,7 @@ class MemoryStore:
     async def append_many(
         self, stream_id: str, events: Sequence[tuple[str, str]]
     ) -> list[StoredEvent]:
-        if any(event in TERMINAL_EVENTS for event, _ in events):
-            raise ValueError("a terminal event is appended alone")
+        check_batch(events)
         return [await self.append(stream_id, event, data) for event, data in events]
 
     async def info(self, stream_id: str) -> StreamInfo | None:

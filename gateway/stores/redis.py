@@ -45,7 +45,7 @@ from redis.exceptions import RedisError
 
 from gateway.config import Settings
 from gateway.errors import GatewayError, GenerationLost, StoreUnavailable
-from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo
+from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo, check_batch
 from gateway.stores.redis_calls import RedisCalls
 from gateway.stores.redis_counters import RedisCounters
 from gateway.stores.redis_follower import Followers
@@ -136,8 +136,7 @@ class RedisStore:
     async def append_many(
         self, stream_id: str, events: Sequence[tuple[str, str]]
     ) -> list[StoredEvent]:
-        if any(event in TERMINAL_EVENTS for event, _ in events):
-            raise ValueError("a terminal event is appended alone")
+        check_batch(events)
         if not events:
             return []
         return await self._append(stream_id, events, terminal=False)
