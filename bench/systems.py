@@ -182,6 +182,13 @@ def start(target: str, upstream: str, *, redis_url: str | None = None) -> Iterat
             command = [str(litellm_binary()), "--config", str(config), "--host", "127.0.0.1"]
             command += ["--port", str(port)]
             command += ["--num_workers", "1"]
+            # Its bundled model cost map and no other requests of its own (the bench is
+            # offline); no master key, as for the other targets (on loopback only).
+            env = {
+                "LITELLM_OFFLINE_MODE": "true",
+                "LITELLM_LOCAL_MODEL_COST_MAP": "true",
+                "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+            }
         else:
             command = [PYTHON, "-m", "gateway", "serve", "--port", str(port)]
             command += ["--log-level", "warning"]
