@@ -15,6 +15,7 @@ responses when the server exits (after `_shutdown_grace`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
@@ -156,12 +157,14 @@ class StreamResponse:
             disconnected.add_done_callback(lambda _: cancel.cancel())
             self._exits.add(cancel, self._shutdown_grace())
             try:
+                more = True
                 async with aclosing(self._body(first)) as body:
-                    async for piece in body:
+                    async for piece, more in body:
                         sent(len(piece))
-                        message = {"type": "http.response.body", "body": piece, "more_body": True}
+                        message = {"type": "http.response.body", "body": piece, "more_body": more}
                         await send_within(send, message, timeout)
-                await send_within(send, {"type": "http.response.body", "body": b""}, timeout)
+                if more:
+                    await send_within(send, {"type": "http.response.body", "body": b""}, timeout)
             finally:
                 self._exits.discard(cancel)
                 disconnected.cancel()
@@ -172,12 +175,21 @@ class StreamResponse:
         the relay's drain timeout has passed."""
         return 0 if self._store.shared else self._settings.server.drain_timeout + 1
 
-    async def _body(self, batch: Sequence[StoredEvent]) -> AsyncGenerator[bytes, None]:
+    async def _body(self, batch: Sequence[StoredEvent]) -> AsyncGenerator[tuple[bytes, bool], None]:
+        """The response's writes, each with whether more follow.
+
+        Each write is a system call: the opening (the `retry` field, or the
+        encoder's) goes out with the first events when they are already there
+        (`hold`), and the write with the terminal event ends the response (except
+        with an encoder, which hears of the end once it is written).
+        """
         sse, encoder = self._format == "sse", self._encoder
-        if encoder:
-            yield encoder.opening()
-        elif sse:
-            yield retry(self._settings.sse.retry_ms)
+        opening = (
+            encoder.opening() if encoder else retry(self._settings.sse.retry_ms) if sse else b""
+        )
+        if opening and not batch:
+            yield opening, True
+            opening = b""
         cursor = self._after
         try:
             while True:
@@ -189,22 +201,30 @@ class StreamResponse:
                         if sse
                         else _texts(batch)
                     )
-                    for piece in _pieces(parts):
-                        yield piece
-                    if batch[-1].terminal:
-                        if not sse and batch[-1].event == "error":
-                            raise _Aborted(from_event_data(batch[-1].data).code)
+                    if opening:
+                        parts, opening = itertools.chain((opening,), parts), b""
+                    pieces = list(_pieces(parts))
+                    last = batch[-1]
+                    aborted = not sse and last.event == "error"
+                    ends = last.terminal and not (aborted or encoder)
+                    for i, piece in enumerate(pieces, 1):
+                        yield piece, not (ends and i == len(pieces))
+                    if last.terminal:
+                        if aborted:
+                            raise _Aborted(from_event_data(last.data).code)
+                        if ends and not pieces:
+                            yield b"", False
                         if encoder:
                             await encoder.finished()
                         return
-                    cursor = batch[-1].id
+                    cursor = last.id
                 batch = await self._read(cursor)
                 if not batch and sse:
-                    yield HEARTBEAT
+                    yield HEARTBEAT, True
         except GatewayError as exc:
             if not sse:
                 raise _Aborted(exc.code) from exc
-            yield encoder.failure(exc) if encoder else frame("error", exc.event_data())
+            yield encoder.failure(exc) if encoder else frame("error", exc.event_data()), False
 
     async def _read(self, cursor: int) -> Sequence[StoredEvent]:
         """The next batch; while the store is unreachable, nothing (a heartbeat goes
