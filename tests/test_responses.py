@@ -44,6 +44,23 @@ async def get(app: ASGIApp) -> httpx.Response:
             return await client.get("/")
 
 
+async def messages(app: ASGIApp) -> list[Message]:
+    """What `app` sends, for a GET from a client that never leaves."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    with anyio.fail_after(WATCHDOG):
+        await app(scope, receive, send)
+    return sent
+
+
 @dataclass
 class Parts:
     """What a response uses of the app (`AppParts`)."""
@@ -101,22 +118,32 @@ async def test_a_text_stream_that_fails_after_its_first_byte_is_left_incomplete(
     config = settings()
     store = MemoryStore(config)
     await stored(store, ("token", {"text": "part"}), ("error", {"code": "upstream_timeout"}))
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        await anyio.sleep_forever()
-        raise AssertionError("not reached")
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
-    with anyio.fail_after(WATCHDOG):
-        await response(store, config, format="text")(scope, receive, send)
+    sent = await messages(response(store, config, format="text"))
     assert sent[0]["status"] == 200
     bodies = [m for m in sent if m["type"] == "http.response.body"]
     assert b"".join(m.get("body", b"") for m in bodies) == b"part"
     assert all(m.get("more_body", False) for m in bodies)  # never the final message
+
+
+async def test_the_terminal_event_ends_the_response_in_its_own_write() -> None:
+    """Each write is a system call: the opening goes out with the events that are
+    already there (a held response), and the terminal event's write is the last
+    message, not followed by an empty one."""
+    config = settings()
+    store = MemoryStore(config)
+    await stored(store, ("token", {"text": "a"}), ("done", {}))
+    events = frame("token", '{"text": "a"}', 1) + frame("done", "{}", 2)
+    end = {"type": "http.response.body", "body": events, "more_body": False}
+
+    held = await messages(response(store, config, hold=True))
+    assert [m["type"] for m in held] == ["http.response.start", "http.response.body"]
+    assert held[1] == {**end, "body": retry(1500) + events}
+    assert (await messages(response(store, config)))[1:] == [
+        {"type": "http.response.body", "body": retry(1500), "more_body": True},
+        end,
+    ]
+    text = await messages(response(store, config, format="text", after=1))
+    assert text[1:] == [{"type": "http.response.body", "body": b"", "more_body": False}]
 
 
 async def test_a_waiting_reader_gets_heartbeats_until_the_end() -> None:
@@ -140,19 +167,7 @@ async def test_a_long_backlog_is_written_in_bounded_pieces() -> None:
     store = MemoryStore(config)
     text = "x" * 1000
     await stored(store, *[("token", {"text": text})] * 300, ("done", {}))
-    sent: list[bytes] = []
-
-    async def receive() -> Message:
-        await anyio.sleep_forever()
-        raise AssertionError("not reached")
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.body":
-            sent.append(message.get("body", b""))
-
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
-    with anyio.fail_after(WATCHDOG):
-        await response(store, config)(scope, receive, send)
+    sent = [m["body"] for m in await messages(response(store, config)) if "body" in m]
     assert 3 <= len([piece for piece in sent if piece]) < 300
     assert max(len(piece) for piece in sent) < 2 * 64 * 1024
     assert b"".join(sent).count(b"event: token") == 300
