@@ -1,4 +1,5 @@
-"""The HTTP connection limits uvicorn does not have, and uvicorn's options for `serve`.
+"""The HTTP connection limits uvicorn does not have, uvicorn's options for `serve`,
+and the process's tuning for serving.
 
 uvicorn closes an idle keep-alive connection (`timeout_keep_alive`) but puts no
 time limit on a request that arrives slowly, nor any size limit on its head
@@ -27,6 +28,10 @@ closed, too late to drain the open streams): an app that puts a callable under
 `--workers` process (uvicorn runs its own server there), when the server asks
 each open connection to finish (`GuardedProtocol.shutdown`). The callable must
 be safe to call from a signal handler.
+
+Loading the app also tunes the garbage collector for serving
+(`GatewayConfig.load`): what is loaded is frozen out of collections, which
+run every 10,000 allocations instead of 700.
 """
 
 from __future__ import annotations
