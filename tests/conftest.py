@@ -6,6 +6,7 @@ with the settings it needs.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -117,3 +118,17 @@ def url(gateway: Callable[..., GatewayServer]) -> str:
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=TIMEOUT) as client:
         yield client
+
+
+@pytest.fixture
+def gc_restored() -> Iterator[None]:
+    """For a test that loads the app as `sse-gateway serve` does (which freezes the
+    process's objects and raises the collection threshold): this process's collector
+    as it was afterwards, unfrozen, and unfrozen before too."""
+    threshold = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -166,7 +166,7 @@ def test_redis_store_clients_resume_on_another_instance(simulator, redis_server,
     assert [results[p][0][-1].event for p, _ in streams] == ["done"] * len(streams)
 
 
-def test_a_worker_process_drains_when_uvicorn_finishes_its_connections(simulator):
+def test_a_worker_process_drains_when_uvicorn_finishes_its_connections(simulator, gc_restored):
     """Under `--workers` each worker runs uvicorn's own server, which tells the app
     nothing: the gateway's protocol hears of the exit when the server asks each open
     connection to finish, and the app drains while its streams are still served."""

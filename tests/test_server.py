@@ -162,17 +162,6 @@ def test_short_of_file_descriptors_new_streams_get_503_and_it_recovers(tmp_path,
         gateway.stop()
 
 
-@pytest.fixture
-def gc_restored() -> Iterator[None]:
-    threshold = gc.get_threshold()
-    gc.unfreeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
-
-
 def test_loading_the_app_freezes_it_out_of_garbage_collections(gc_restored):
     """What is loaded lives as long as the server, so collections skip it, and they
     run far less often than CPython's default (every 700 allocations)."""
