@@ -222,7 +222,9 @@ async def race(*contenders: Callable[[], Awaitable[Outcome]]) -> Outcome:
     in a cancel scope: not an anyio task group, whose tasks and error handling
     cost memory and CPU per stream that the race has no use for (no contender
     raises). The losers' scopes are cancelled (an anyio scope keeps cancelling
-    until the contender has left it, whatever it catches) and their tasks
+    until the contender has left it, whatever it catches: redis-py returns the
+    reply of a command whose task was cancelled while it was on its way, and
+    that cancellation is lost, see redis/redis-py#2028) and their tasks
     awaited, shielded, before the race returns or passes a drain's cancellation on.
     """
     loop = asyncio.get_running_loop()
