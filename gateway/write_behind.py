@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.deltas import Delta
+from gateway.stores import pulse
 
 __all__ = ["WriteBehind"]
 
@@ -61,17 +62,13 @@ class WriteBehind:
         try:
             while self._waiting:
                 deltas, self._waiting = self._waiting, []
-                self._pulse()
+                pulse(self._taken)
                 await self._write(deltas)
         except Exception as exc:  # raised in the generation by the next `add` or `flush`
             self._failure = exc
         finally:
             self._writing = None
-            self._pulse()
-
-    def _pulse(self) -> None:
-        self._taken.set()
-        self._taken.clear()
+            pulse(self._taken)
 
     def _raise_failure(self) -> None:
         if self._failure is not None:

@@ -12,6 +12,7 @@ Redis `XREAD BLOCK` as much as of an in-memory wait.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
 __all__ = ["STORES", "StoredEvent", "StreamInfo", "StreamStore", "create_store"]
 
 TERMINAL_EVENTS = frozenset({"done", "error"})
+
+
+def pulse(event: asyncio.Event) -> None:
+    """Wake whoever waits on `event` now; later waiters wait for the next pulse.
+    Allocates nothing, which matters on the per-token path."""
+    event.set()
+    event.clear()
 
 
 def check_batch(events: Sequence[tuple[str, str]]) -> None:

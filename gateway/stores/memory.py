@@ -12,7 +12,7 @@ import anyio
 
 from gateway.config import Settings
 from gateway.errors import NotFound, ResumeUnavailable
-from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo, check_batch
+from gateway.stores import TERMINAL_EVENTS, StoredEvent, StreamInfo, check_batch, pulse
 
 __all__ = ["MemoryCounters", "MemoryStore"]
 
@@ -63,12 +63,7 @@ class _Stream:
 
     def reader_count_changed(self, delta: int) -> None:
         self.readers += delta
-        _pulse(self.readers_changed)
-
-
-def _pulse(event: asyncio.Event) -> None:
-    event.set()
-    event.clear()
+        pulse(self.readers_changed)
 
 
 class MemoryStore:
@@ -118,7 +113,7 @@ class MemoryStore:
         if event in TERMINAL_EVENTS:  # known here: not parsed back from the frame
             loop = asyncio.get_running_loop()
             stream.expiry = loop.call_later(self._retention, self._streams.pop, stream_id, None)
-        _pulse(stream.changed)
+        pulse(stream.changed)
         return stored
 
     async def append_many(

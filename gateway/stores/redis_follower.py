@@ -26,7 +26,7 @@ from gateway.errors import (
     ResumeUnavailable,
     StoreUnavailable,
 )
-from gateway.stores import StoredEvent
+from gateway.stores import StoredEvent, pulse
 from gateway.stores.redis_reads import StreamReads
 
 __all__ = ["Follower", "Followers"]
@@ -79,8 +79,7 @@ class Follower:
         self.pulse()
 
     def pulse(self) -> None:
-        self.changed.set()
-        self.changed.clear()
+        pulse(self.changed)
 
     async def wait(self, timeout: float) -> None:
         """Until `changed` is pulsed, for at most `timeout` seconds."""
